@@ -1,0 +1,82 @@
+"""Proximal Policy Optimization with the clipped surrogate (Schulman et al. 2017)."""
+
+import torch
+from torch import nn
+
+from rl.rollout import explained_variance
+
+
+def policy_loss(log_probs, old_log_probs, advantages, clip_coef):
+    """Clipped surrogate loss and its diagnostics, each a scalar tensor.
+
+    Returns (loss, approx_kl, clipfrac); approx_kl is the low-variance estimator E[(r - 1) - log r].
+    """
+    log_ratio = log_probs - old_log_probs
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    loss = torch.max(unclipped, clipped).mean()
+    approx_kl = ((ratio - 1.0) - log_ratio).mean()
+    clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    return loss, approx_kl, clipfrac
+
+
+def value_loss(values, old_values, returns, clip_coef=None):
+    """0.5 * squared error; with `clip_coef`, the pessimistic max over the clipped prediction."""
+    loss = (values - returns).pow(2)
+    if clip_coef is not None:
+        clipped = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
+        loss = torch.max(loss, (clipped - returns).pow(2))
+    return 0.5 * loss.mean()
+
+
+def make_optimizers(agent, cfg):
+    params = list(agent.actor.parameters()) + list(agent.critic.parameters())
+    return {"agent": torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5)}
+
+
+def update(agent, optimizers, batch, cfg, generator):
+    """Several epochs of shuffled minibatches of the PPO loss. Returns a dict of float metrics."""
+    optimizer = optimizers["agent"]
+    params = optimizer.param_groups[0]["params"]
+    actor, critic = agent.actor, agent.critic
+    size = len(batch)
+    minibatch_size = size // cfg.num_minibatches
+    value_clip = cfg.clip_coef if cfg.clip_value_loss else None
+    sums = torch.zeros(6, device=batch.obs.device)  # policy, value, entropy, approx_kl, clipfrac, count
+    epochs_run = 0
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(size, device=batch.obs.device, generator=generator)
+        for start in range(0, minibatch_size * cfg.num_minibatches, minibatch_size):
+            mb = batch.index(order[start:start + minibatch_size])
+            advantages = mb.advantages
+            if cfg.normalize_advantages:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            dist_params = actor(mb.obs)
+            pg_loss, approx_kl, clipfrac = policy_loss(actor.log_prob(*dist_params, mb.actions), mb.log_probs,
+                                                       advantages, cfg.clip_coef)
+            entropy = actor.entropy(*dist_params).mean()
+            v_loss = value_loss(critic(mb.obs), mb.values, mb.returns, value_clip)
+            loss = pg_loss - cfg.entropy_coef * entropy + cfg.value_coef * v_loss
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            sums += torch.stack([pg_loss, v_loss, entropy, approx_kl, clipfrac, torch.ones_like(pg_loss)]).detach()
+        epochs_run += 1
+        # The early stop reads approx_kl on the host, so it syncs once per epoch, and only when asked for.
+        if cfg.target_kl is not None and (sums[3] / sums[5]).item() > cfg.target_kl:
+            break
+
+    explained = explained_variance(batch.values, batch.returns)  # of the critic that collected the data
+    means = (sums[:5] / sums[5]).tolist()
+    return {
+        "losses/policy_loss": means[0],
+        "losses/value_loss": means[1],
+        "losses/entropy": means[2],
+        "losses/approx_kl": means[3],
+        "losses/clipfrac": means[4],
+        "losses/explained_variance": explained.item(),
+        "losses/epochs": epochs_run,
+    }

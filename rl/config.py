@@ -1,0 +1,130 @@
+"""Validation of a composed config: every bad value becomes one line naming the key and the value."""
+
+import torch
+from omegaconf import OmegaConf
+
+from rl.envs import check_env_id
+
+ALGORITHMS = ("ppo", "trpo", "npg")
+
+
+class ConfigError(ValueError):
+    def __init__(self, key, value, reason):
+        super().__init__(f"{key}={value!r}: {reason}")
+
+
+def _get(cfg, key):
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def _require(cfg, key, test, reason):
+    if _is_missing(cfg, key):
+        raise ConfigError(key, "???", "required; set it on the command line")
+    value = _get(cfg, key)
+    ok = False
+    try:
+        ok = bool(test(value))
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(key, value, reason)
+
+
+def _is_missing(cfg, key):
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return node is not None and leaf in node and OmegaConf.is_missing(node, leaf)
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive(value):
+    return _number(value) and value > 0
+
+
+def _in_unit_interval(value):
+    return _number(value) and 0 <= value <= 1
+
+
+def validate(cfg):
+    """Raise ConfigError for the first bad value; return the resolved device string."""
+    _require(cfg, "algo.name", lambda v: v in ALGORITHMS, f"unknown algorithm; choose one of {', '.join(ALGORITHMS)}")
+    _require(cfg, "env.id", lambda v: isinstance(v, str), "must be a gymnasium environment id")
+    try:
+        check_env_id(cfg.env.id)
+    except ValueError as error:
+        raise ConfigError("env.id", cfg.env.id, f"unknown gymnasium environment ({error})") from None
+    _require(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+             "must be an integer >= 0")
+    _require(cfg, "total_timesteps", _positive_int, "must be a positive integer")
+    _require(cfg, "env.num_envs", _positive_int, "must be a positive integer")
+    _require(cfg, "env.vectorization", lambda v: v in ("sync", "async"), "must be sync or async")
+    _require(cfg, "env.start_method", lambda v: v in (None, "fork", "spawn", "forkserver"),
+             "must be fork, spawn, forkserver or null")
+    _require(cfg, "eval_episodes", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    _require(cfg, "log_every", _positive_int, "must be a positive integer")
+    _require(cfg, "checkpoint_every", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    _require(cfg, "checkpoint_keep", _positive_int, "must be a positive integer")
+    _require(cfg, "torch_threads", lambda v: v is None or _positive_int(v), "must be a positive integer or null")
+    _require(cfg, "progress", lambda v: v in ("auto", True, False), "must be auto, true or false")
+
+    algo = cfg.algo
+    _require(cfg, "algo.num_steps", _positive_int, "must be a positive integer")
+    _require(cfg, "algo.learning_rate", _positive, "must be > 0")
+    _require(cfg, "algo.gamma", lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
+    _require(cfg, "algo.gae_lambda", _in_unit_interval, "must be in [0, 1]")
+    _require(cfg, "algo.init_log_std", _number, "must be a number")
+    _require(cfg, "algo.activation", lambda v: v in ("tanh", "relu", "elu"), "must be tanh, relu or elu")
+    for key in ("algo.actor_hidden_sizes", "algo.critic_hidden_sizes"):
+        _require(cfg, key, lambda v: all(_positive_int(w) for w in v), "must be a list of positive integers")
+    batch_size = cfg.env.num_envs * algo.num_steps
+    if cfg.total_timesteps < batch_size:
+        raise ConfigError("total_timesteps", cfg.total_timesteps,
+                          f"must be at least one rollout (env.num_envs * algo.num_steps = {batch_size})")
+    if algo.name == "ppo":
+        _require(cfg, "algo.clip_coef", _positive, "must be > 0")
+        _require(cfg, "algo.update_epochs", _positive_int, "must be a positive integer")
+        _require(cfg, "algo.num_minibatches",
+                 lambda v: _positive_int(v) and v <= batch_size,
+                 f"must be a positive integer no larger than the batch ({batch_size})")
+        _require(cfg, "algo.max_grad_norm", _positive, "must be > 0")
+        _require(cfg, "algo.entropy_coef", _number, "must be a number")
+        _require(cfg, "algo.value_coef", _positive, "must be > 0")
+        _require(cfg, "algo.target_kl", lambda v: v is None or _positive(v), "must be > 0 or null")
+    else:
+        _validate_natural_gradient(cfg, batch_size)
+    return resolve_device(cfg.device)
+
+
+def _validate_natural_gradient(cfg, batch_size):
+    _require(cfg, "algo.max_kl" if cfg.algo.name == "trpo" else "algo.step_size", _positive, "must be > 0")
+    _require(cfg, "algo.cg_iters", _positive_int, "must be a positive integer")
+    _require(cfg, "algo.cg_damping", lambda v: _number(v) and v >= 0, "must be >= 0")
+    _require(cfg, "algo.cg_tol", lambda v: _number(v) and v >= 0, "must be >= 0")
+    _require(cfg, "algo.fvp", lambda v: v in ("analytic", "hessian"), "must be analytic or hessian")
+    _require(cfg, "algo.fvp_subsample", lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
+    _require(cfg, "algo.vf_iters", _positive_int, "must be a positive integer")
+    _require(cfg, "algo.vf_minibatches", lambda v: _positive_int(v) and v <= batch_size,
+             f"must be a positive integer no larger than the batch ({batch_size})")
+    if cfg.algo.name == "trpo":
+        _require(cfg, "algo.line_search_max_steps", _positive_int, "must be a positive integer")
+        _require(cfg, "algo.line_search_shrink", lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
+        _require(cfg, "algo.line_search_accept_ratio", lambda v: _number(v) and v >= 0, "must be >= 0")
+
+
+def resolve_device(device):
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if isinstance(device, str) and device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device", device, "no CUDA GPU is available here; use device=cpu or device=auto")
+        return device
+    raise ConfigError("device", device, "must be cpu, cuda or auto")

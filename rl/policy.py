@@ -1,0 +1,122 @@
+"""Actor-critic networks: separate MLP actor and critic, Gaussian or Categorical heads."""
+
+import math
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from rl import distributions as D
+from rl.normalize import ObservationNormalizer, RewardScaler
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+def mlp(in_dim, hidden_sizes, out_dim, activation="tanh", out_gain=1.0):
+    """MLP with orthogonal init (gain sqrt(2) on hidden layers, `out_gain` on the last), zero biases."""
+    layers, dim = [], in_dim
+    for width in hidden_sizes:
+        layers += [_orthogonal(nn.Linear(dim, width), math.sqrt(2)), ACTIVATIONS[activation]()]
+        dim = width
+    layers.append(_orthogonal(nn.Linear(dim, out_dim), out_gain))
+    return nn.Sequential(*layers)
+
+
+def _orthogonal(layer, gain):
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class GaussianActor(nn.Module):
+    """Diagonal Gaussian with a state-independent log-std. Parameters: (mean, log_std), each (B, A)."""
+
+    def __init__(self, obs_dim, action_dim, hidden_sizes, activation, init_log_std=0.0):
+        super().__init__()
+        self.mean = mlp(obs_dim, hidden_sizes, action_dim, activation, out_gain=0.01)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+
+    def forward(self, obs):
+        mean = self.mean(obs)
+        return mean, self.log_std.expand_as(mean)
+
+    sample = staticmethod(D.gaussian_sample)
+    log_prob = staticmethod(D.gaussian_log_prob)
+    entropy = staticmethod(D.gaussian_entropy)
+
+    @staticmethod
+    def mode(mean, log_std):
+        return mean
+
+    @staticmethod
+    def kl(old_params, params):
+        return D.gaussian_kl(*old_params, *params)
+
+    @staticmethod
+    def fisher_product(params, tangents):
+        return D.gaussian_fisher_product(*params, *tangents)
+
+
+class CategoricalActor(nn.Module):
+    """Categorical over K actions. Parameters: (logits,), (B, K)."""
+
+    def __init__(self, obs_dim, num_actions, hidden_sizes, activation):
+        super().__init__()
+        self.logits = mlp(obs_dim, hidden_sizes, num_actions, activation, out_gain=0.01)
+
+    def forward(self, obs):
+        return (self.logits(obs),)
+
+    sample = staticmethod(D.categorical_sample)
+    log_prob = staticmethod(D.categorical_log_prob)
+    entropy = staticmethod(D.categorical_entropy)
+
+    @staticmethod
+    def mode(logits):
+        return logits.argmax(-1)
+
+    @staticmethod
+    def kl(old_params, params):
+        return D.categorical_kl(*old_params, *params)
+
+    @staticmethod
+    def fisher_product(params, tangents):
+        return (D.categorical_fisher_product(*params, *tangents),)
+
+
+class Critic(nn.Module):
+    def __init__(self, obs_dim, hidden_sizes, activation):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_sizes, 1, activation, out_gain=1.0)
+
+    def forward(self, obs):
+        return self.net(obs).squeeze(-1)
+
+
+class Agent(nn.Module):
+    """Everything a trained policy needs: normalizer statistics, actor and critic.
+
+    The networks see normalized observations; `obs_normalizer` turns raw ones into those.
+    """
+
+    def __init__(self, observation_space, action_space, actor_hidden_sizes=(64, 64), critic_hidden_sizes=(64, 64),
+                 activation="tanh", init_log_std=0.0, normalize_observations=False, normalize_rewards=False,
+                 clip_observations=10.0, clip_rewards=10.0, gamma=0.99):
+        super().__init__()
+        obs_dim = int(math.prod(observation_space.shape))
+        if isinstance(action_space, gym.spaces.Box):
+            action_dim = int(math.prod(action_space.shape))
+            self.actor = GaussianActor(obs_dim, action_dim, actor_hidden_sizes, activation, init_log_std)
+        elif isinstance(action_space, gym.spaces.Discrete):
+            self.actor = CategoricalActor(obs_dim, int(action_space.n), actor_hidden_sizes, activation)
+        else:
+            raise ValueError(f"unsupported action space {action_space}")
+        self.critic = Critic(obs_dim, critic_hidden_sizes, activation)
+        self.obs_normalizer = ObservationNormalizer((obs_dim,), clip_observations, normalize_observations)
+        self.reward_scaler = RewardScaler(gamma, clip_rewards, normalize_rewards)
+
+    @torch.no_grad()
+    def act(self, obs, deterministic=True):
+        """Raw observations (B, obs_dim) -> actions, with the saved normalization applied."""
+        params = self.actor(self.obs_normalizer(obs))
+        return self.actor.mode(*params) if deterministic else self.actor.sample(*params)

@@ -1,0 +1,187 @@
+"""Collecting rollouts from vector envs, and GAE(lambda)."""
+
+from dataclasses import dataclass, fields
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rl.envs import final_observations
+
+
+@dataclass
+class Rollout:
+    """T steps from N envs. Every tensor is (T, N, ...) on one device."""
+
+    obs: torch.Tensor  # (T, N, obs_dim) normalized observations the policy acted on
+    actions: torch.Tensor  # (T, N, A) unclipped Gaussian samples, or (T, N) discrete actions
+    log_probs: torch.Tensor  # (T, N) log pi_old(a|s)
+    values: torch.Tensor  # (T, N) V(s)
+    rewards: torch.Tensor  # (T, N) rewards after scaling
+    next_values: torch.Tensor  # (T, N) V(s') of the true next state (the final obs when an episode ended)
+    terminated: torch.Tensor  # (T, N) bool: s' is terminal, do not bootstrap
+    done: torch.Tensor  # (T, N) bool: terminated or truncated, the episode stops here
+
+    def to(self, device):
+        return Rollout(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+
+def gae(rewards, values, next_values, terminated, done, gamma, gae_lambda):
+    """Generalized advantage estimation (Schulman et al. 2016) over (T, N) tensors.
+
+    `terminated` removes the bootstrap term; `done` (terminated or truncated) stops the recursion.
+    Returns (advantages, returns), each (T, N).
+    """
+    deltas = rewards + gamma * next_values * (~terminated) - values
+    decay = gamma * gae_lambda * (~done).to(rewards.dtype)
+    advantages = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = deltas[t] + decay[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+class Collector:
+    """Steps a vector env with an agent on the CPU and fills fixed-shape rollout buffers.
+
+    It owns everything that carries over between rollouts: the current observations, the running
+    discounted returns for reward scaling, and the episode counters.
+    """
+
+    def __init__(self, envs, agent, num_steps, device, seed):
+        self.envs, self.agent, self.num_steps, self.device = envs, agent, num_steps, torch.device(device)
+        num_envs = envs.num_envs
+        obs_dim = int(np.prod(envs.single_observation_space.shape))
+        action_space = envs.single_action_space
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        self.action_low = None if self.discrete else action_space.low
+        self.action_high = None if self.discrete else action_space.high
+        action_shape = () if self.discrete else action_space.shape
+        action_dtype = torch.int64 if self.discrete else torch.float32
+
+        shape = (num_steps, num_envs)
+        pin = self.device.type == "cuda"
+        self.buffer = Rollout(
+            obs=torch.zeros(*shape, obs_dim, pin_memory=pin),
+            actions=torch.zeros(*shape, *action_shape, dtype=action_dtype, pin_memory=pin),
+            log_probs=torch.zeros(shape, pin_memory=pin),
+            values=torch.zeros(shape, pin_memory=pin),
+            rewards=torch.zeros(shape, pin_memory=pin),
+            next_values=torch.zeros(shape, pin_memory=pin),
+            terminated=torch.zeros(shape, dtype=torch.bool, pin_memory=pin),
+            done=torch.zeros(shape, dtype=torch.bool, pin_memory=pin),
+        )
+        self.truncated = torch.zeros(shape, dtype=torch.bool)
+        self.final_values = torch.zeros(shape)
+
+        obs, _ = envs.reset(seed=seed)
+        self.obs = obs.reshape(num_envs, obs_dim)
+        self.discounted_return = torch.zeros(num_envs, dtype=torch.float64)
+        self.episode_return = np.zeros(num_envs)
+        self.episode_length = np.zeros(num_envs, dtype=np.int64)
+        self.episodes_finished = 0
+
+    @torch.no_grad()
+    def collect(self):
+        """Run `num_steps` steps in every env. Returns (Rollout on the learner's device, finished episodes).
+
+        Finished episodes are a list of (return, length) with raw, unscaled rewards.
+        """
+        agent, actor, buf = self.agent, self.agent.actor, self.buffer
+        num_envs = self.envs.num_envs
+        episodes = []
+        self.final_values.zero_()
+        for t in range(self.num_steps):
+            raw_obs = torch.from_numpy(self.obs).float()
+            agent.obs_normalizer.update(raw_obs)
+            obs = agent.obs_normalizer(raw_obs)
+            params = actor(obs)
+            action = actor.sample(*params)
+            buf.obs[t] = obs
+            buf.actions[t] = action
+            buf.log_probs[t] = actor.log_prob(*params, action)
+            buf.values[t] = agent.critic(obs)
+
+            env_action = action.numpy()
+            if not self.discrete:  # the env gets a clipped action; the buffer keeps the sample
+                env_action = np.clip(env_action, self.action_low, self.action_high)
+            next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
+            done = terminated | truncated
+
+            self.episode_return += reward
+            self.episode_length += 1
+            if done.any():
+                for i in np.flatnonzero(done):
+                    episodes.append((float(self.episode_return[i]), int(self.episode_length[i])))
+                self.episode_return[done] = 0.0
+                self.episode_length[done] = 0
+                self.episodes_finished += int(done.sum())
+                bootstrap = np.flatnonzero(truncated & ~terminated)
+                if bootstrap.size:  # value of the real last state, not of the reset one
+                    final = torch.from_numpy(final_observations(info, bootstrap)).float()
+                    final = agent.obs_normalizer(final.reshape(bootstrap.size, -1))
+                    self.final_values[t, bootstrap] = agent.critic(final)
+
+            done_t = torch.from_numpy(done)
+            reward_t = torch.from_numpy(np.asarray(reward, dtype=np.float64))
+            buf.rewards[t] = agent.reward_scaler(reward_t, self.discounted_return, done_t)
+            buf.terminated[t] = torch.from_numpy(terminated)
+            buf.done[t] = done_t
+            self.truncated[t] = torch.from_numpy(truncated & ~terminated)
+            self.obs = next_obs.reshape(num_envs, -1)
+
+        last_value = agent.critic(agent.obs_normalizer(torch.from_numpy(self.obs).float()))
+        buf.next_values[:-1] = buf.values[1:]
+        buf.next_values[-1] = last_value
+        torch.where(self.truncated, self.final_values, buf.next_values, out=buf.next_values)
+        rollout = buf if self.device.type == "cpu" else buf.to(self.device)
+        return rollout, episodes
+
+    def state_dict(self):
+        return {
+            "obs": self.obs.copy(),
+            "discounted_return": self.discounted_return.clone(),
+            "episode_return": self.episode_return.copy(),
+            "episode_length": self.episode_length.copy(),
+            "episodes_finished": self.episodes_finished,
+        }
+
+    def load_state_dict(self, state):
+        self.obs = np.asarray(state["obs"]).copy()
+        self.discounted_return = state["discounted_return"].clone()
+        self.episode_return = np.asarray(state["episode_return"]).copy()
+        self.episode_length = np.asarray(state["episode_length"]).copy()
+        self.episodes_finished = int(state["episodes_finished"])
+
+
+@dataclass
+class Batch:
+    """A rollout flattened to B = T * N samples, with its advantages and returns."""
+
+    obs: torch.Tensor  # (B, obs_dim)
+    actions: torch.Tensor  # (B, A) or (B,)
+    log_probs: torch.Tensor  # (B,)
+    values: torch.Tensor  # (B,)
+    advantages: torch.Tensor  # (B,)
+    returns: torch.Tensor  # (B,)
+
+    def __len__(self):
+        return self.obs.shape[0]
+
+    def index(self, indices):
+        return Batch(**{f.name: getattr(self, f.name)[indices] for f in fields(self)})
+
+
+def flatten(rollout, advantages, returns):
+    def flat(x):
+        return x.reshape(-1, *x.shape[2:])
+
+    return Batch(flat(rollout.obs), flat(rollout.actions), flat(rollout.log_probs), flat(rollout.values),
+                 flat(advantages), flat(returns))
+
+
+def explained_variance(predicted, target):
+    """1 - Var[target - predicted] / Var[target]; NaN when the target is constant."""
+    var = target.var()
+    return torch.where(var > 0, 1 - (target - predicted).var() / var, torch.full_like(var, float("nan")))
