@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rl.algos import ppo
+from rl.algos import ppo, trpo
 from rl.config import ConfigError, validate
 from rl.envs import make_vector_env
 from rl.evaluate import evaluate
@@ -28,7 +28,7 @@ from rl.policy import Agent
 from rl.rollout import Collector, flatten, gae
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ALGORITHMS = {"ppo": ppo}
+ALGORITHMS = {"ppo": ppo, "trpo": trpo, "npg": trpo}
 
 
 def seed_everything(seed):

@@ -1,0 +1,142 @@
+"""Trust Region Policy Optimization (Schulman et al. 2015) and the natural policy gradient (Kakade 2001).
+
+Both take the natural-gradient direction x = (F + damping I)^-1 g from conjugate gradient on Fisher-vector
+products. TRPO scales it to the trust-region boundary and backtracks until the KL constraint holds and the
+surrogate improves; NPG (`algo.name == "npg"`) takes a fixed step `step_size * x` with no search.
+The value function is fitted separately with its own Adam optimizer.
+"""
+
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from rl.cg import conjugate_gradient
+from rl.fisher import FISHER_VECTOR_PRODUCTS
+from rl.rollout import explained_variance
+
+
+def surrogate(actor, dist_params, actions, old_log_probs, advantages):
+    """L(theta) = mean(pi_theta(a|s) / pi_old(a|s) * A)."""
+    return (torch.exp(actor.log_prob(*dist_params, actions) - old_log_probs) * advantages).mean()
+
+
+def natural_direction(actor, obs, policy_gradient, cfg, generator=None):
+    """Solve (F + damping I) x = g by CG. Returns (x, fisher_product, residual, iterations).
+
+    `fisher_product` is the undamped v -> F v (on the `fvp_subsample` share of `obs`), for scaling the step.
+    """
+    if cfg.fvp_subsample < 1.0:
+        count = max(1, int(round(cfg.fvp_subsample * obs.shape[0])))
+        obs = obs[torch.randperm(obs.shape[0], device=obs.device, generator=generator)[:count]]
+    fisher_product = FISHER_VECTOR_PRODUCTS[cfg.fvp](actor, obs)
+    damping = cfg.cg_damping
+
+    def damped(vector):
+        return fisher_product(vector) + damping * vector
+
+    direction, residual, iterations = conjugate_gradient(damped, policy_gradient, cfg.cg_iters, cfg.cg_tol)
+    return direction, fisher_product, residual, iterations
+
+
+def line_search(actor, old_flat, full_step, expected_improvement, evaluate, cfg):
+    """Backtrack theta_old + shrink^j * full_step, j = 0, 1, ...
+
+    Accept the first candidate whose mean KL is <= max_kl, whose surrogate improves, and whose improvement
+    is at least `line_search_accept_ratio` of the linear prediction. If none qualifies, restore theta_old
+    exactly. `evaluate()` returns (kl, improvement) for the actor's current parameters.
+    Returns (steps_backtracked or -1, kl, improvement).
+    """
+    fraction = 1.0
+    for j in range(cfg.line_search_max_steps):
+        vector_to_parameters(old_flat + fraction * full_step, actor.parameters())
+        kl, improvement = (float(t) for t in evaluate())  # one host sync per candidate
+        if kl <= cfg.max_kl and improvement > 0 and improvement >= (
+                cfg.line_search_accept_ratio * fraction * expected_improvement):
+            return j, kl, improvement
+        fraction *= cfg.line_search_shrink
+    vector_to_parameters(old_flat, actor.parameters())
+    return -1, 0.0, 0.0
+
+
+def policy_step(actor, batch, cfg, generator=None):
+    """One natural-gradient step of the actor on `batch`. Returns a dict of float metrics."""
+    obs, actions = batch.obs, batch.actions
+    advantages = batch.advantages
+    if cfg.normalize_advantages:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    params = list(actor.parameters())
+    with torch.no_grad():
+        old_dist = actor(obs)
+        # Recomputed rather than read from the batch, so the ratio at theta_old is exactly 1.
+        old_log_probs = actor.log_prob(*old_dist, actions)
+        entropy = actor.entropy(*old_dist).mean()
+
+    objective = surrogate(actor, actor(obs), actions, old_log_probs, advantages)
+    gradient = parameters_to_vector(torch.autograd.grad(objective, params))
+    direction, fisher_product, residual, iterations = natural_direction(actor, obs, gradient, cfg, generator)
+    old_flat = parameters_to_vector(params).detach()
+    objective = objective.detach()
+
+    def evaluate():
+        with torch.no_grad():
+            dist = actor(obs)
+            kl = actor.kl(old_dist, dist).mean()
+            return kl, surrogate(actor, dist, actions, old_log_probs, advantages) - objective
+
+    if cfg.name == "npg":
+        step = cfg.step_size * direction
+        vector_to_parameters(old_flat + step, actor.parameters())
+        kl, improvement = evaluate()
+        steps, expected = 0, gradient @ step
+        kl, improvement = float(kl), float(improvement)
+    else:
+        curvature = direction @ fisher_product(direction)  # x^T F x
+        step = torch.sqrt(2.0 * cfg.max_kl / curvature.clamp_min(1e-12)) * direction
+        expected = gradient @ step
+        steps, kl, improvement = line_search(actor, old_flat, step, float(expected), evaluate, cfg)
+    return {
+        "trpo/kl": kl,
+        "trpo/surrogate_improvement": improvement,
+        "trpo/expected_improvement": float(expected),
+        "trpo/line_search_steps": steps,
+        "trpo/step_norm": float(step.norm()),
+        "trpo/cg_residual": float(residual),
+        "trpo/cg_iterations": int(iterations),
+        "losses/policy_loss": -float(objective),
+        "losses/entropy": float(entropy),
+    }
+
+
+def fit_value(critic, optimizer, batch, cfg, generator):
+    """`vf_iters` epochs of shuffled minibatches of 0.5 * (V(s) - return)^2. Returns the mean loss."""
+    size = len(batch)
+    minibatch_size = size // cfg.vf_minibatches
+    total = torch.zeros((), device=batch.obs.device)
+    count = 0
+    for _ in range(cfg.vf_iters):
+        order = torch.randperm(size, device=batch.obs.device, generator=generator)
+        for start in range(0, minibatch_size * cfg.vf_minibatches, minibatch_size):
+            index = order[start:start + minibatch_size]
+            loss = 0.5 * (critic(batch.obs[index]) - batch.returns[index]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            total += loss.detach()
+            count += 1
+    return float(total) / count
+
+
+def make_optimizers(agent, cfg):
+    return {"critic": torch.optim.Adam(agent.critic.parameters(), lr=cfg.learning_rate)}
+
+
+def update(agent, optimizers, batch, cfg, generator):
+    metrics = policy_step(agent.actor, batch, cfg, generator)
+    metrics["losses/value_loss"] = fit_value(agent.critic, optimizers["critic"], batch, cfg, generator)
+    metrics["losses/explained_variance"] = float(explained_variance(batch.values, batch.returns))
+    metrics["losses/approx_kl"] = metrics["trpo/kl"]
+    return metrics
+
+
