@@ -38,6 +38,12 @@ def natural_direction(actor, obs, policy_gradient, cfg, generator=None):
     return direction, fisher_product, residual, iterations
 
 
+def trust_region_step(direction, fisher_product, max_kl):
+    """Scale x so the quadratic model of the KL reaches the boundary: s = sqrt(2 max_kl / x^T F x) x."""
+    curvature = direction @ fisher_product(direction)
+    return torch.sqrt(2.0 * max_kl / curvature.clamp_min(1e-12)) * direction
+
+
 def line_search(actor, old_flat, full_step, expected_improvement, evaluate, cfg):
     """Backtrack theta_old + shrink^j * full_step, j = 0, 1, ...
 
@@ -90,8 +96,7 @@ def policy_step(actor, batch, cfg, generator=None):
         steps, expected = 0, gradient @ step
         kl, improvement = float(kl), float(improvement)
     else:
-        curvature = direction @ fisher_product(direction)  # x^T F x
-        step = torch.sqrt(2.0 * cfg.max_kl / curvature.clamp_min(1e-12)) * direction
+        step = trust_region_step(direction, fisher_product, cfg.max_kl)
         expected = gradient @ step
         steps, kl, improvement = line_search(actor, old_flat, step, float(expected), evaluate, cfg)
     return {

@@ -1,0 +1,83 @@
+"""Both Fisher-vector products against the dense Hessian of the mean KL, computed independently."""
+
+import gymnasium as gym
+import pytest
+import torch
+from torch.distributions import Categorical, Normal, kl_divergence
+from torch.func import functional_call
+from torch.nn.utils import parameters_to_vector
+
+from rl.fisher import FISHER_VECTOR_PRODUCTS
+from rl.policy import Agent
+
+OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (5,))
+ACTION_SPACES = {"gaussian": gym.spaces.Box(-1.0, 1.0, (3,)), "categorical": gym.spaces.Discrete(4)}
+
+
+def tiny_actor(kind, seed=0):
+    torch.manual_seed(seed)
+    agent = Agent(OBS_SPACE, ACTION_SPACES[kind], actor_hidden_sizes=(12, 10), critic_hidden_sizes=(4,),
+                  init_log_std=-0.4).double()
+    with torch.no_grad():  # move away from the init so the output layer is not near zero
+        for p in agent.actor.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return agent.actor
+
+
+def distribution(kind, outputs):
+    if kind == "gaussian":
+        mean, log_std = outputs
+        return Normal(mean, log_std.exp())
+    return Categorical(logits=outputs[0])
+
+
+def dense_kl_hessian(actor, kind, obs):
+    """Hessian of mean KL(pi_old || pi_theta) over flat parameters, with torch.distributions' KL."""
+    names = [name for name, _ in actor.named_parameters()]
+    shapes = [p.shape for p in actor.parameters()]
+    flat = parameters_to_vector(actor.parameters()).detach()
+    with torch.no_grad():
+        old = distribution(kind, actor(obs))
+
+    def mean_kl(weights):
+        tensors = dict(zip(names, torch.split(weights, [s.numel() for s in shapes])))
+        tensors = {n: t.view(s) for (n, t), s in zip(tensors.items(), shapes)}
+        kl = kl_divergence(old, distribution(kind, functional_call(actor, tensors, (obs,))))
+        return (kl.sum(-1) if kind == "gaussian" else kl).mean()
+
+    return torch.autograd.functional.hessian(mean_kl, flat)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("method", ["analytic", "hessian"])
+def test_fvp_matches_dense_kl_hessian(kind, method):
+    actor = tiny_actor(kind)
+    assert 100 <= sum(p.numel() for p in actor.parameters()) <= 400
+    obs = torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    hessian = dense_kl_hessian(actor, kind, obs)
+    product = FISHER_VECTOR_PRODUCTS[method](actor, obs)
+    vectors = torch.randn(5, hessian.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for v in vectors:
+        expected = hessian @ v
+        got = product(v)
+        assert torch.allclose(got, expected, rtol=1e-9, atol=1e-11), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_fvp_is_linear_and_symmetric_positive(kind):
+    actor = tiny_actor(kind, seed=3)
+    obs = torch.randn(32, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    product = FISHER_VECTOR_PRODUCTS["analytic"](actor, obs)
+    u, v = torch.randn(2, parameters_to_vector(actor.parameters()).numel(), dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(product(2.0 * u + v), 2.0 * product(u) + product(v), atol=1e-11)
+    assert torch.isclose(u @ product(v), v @ product(u), rtol=1e-10)
+    assert u @ product(u) > 0
+
+
+def test_fvp_does_not_change_the_actor():
+    actor = tiny_actor("gaussian", seed=6)
+    before = parameters_to_vector(actor.parameters()).clone()
+    obs = torch.randn(16, 5, dtype=torch.float64)
+    FISHER_VECTOR_PRODUCTS["analytic"](actor, obs)(torch.ones_like(before))
+    assert torch.equal(parameters_to_vector(actor.parameters()), before)
