@@ -72,6 +72,7 @@ def validate(cfg):
     _require(cfg, "checkpoint_every", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     _require(cfg, "checkpoint_keep", _positive_int, "must be a positive integer")
     _require(cfg, "torch_threads", lambda v: v is None or _positive_int(v), "must be a positive integer or null")
+    _require(cfg, "stop_after_steps", lambda v: v is None or _positive_int(v), "must be a positive integer or null")
     _require(cfg, "progress", lambda v: v in ("auto", True, False), "must be auto, true or false")
 
     algo = cfg.algo

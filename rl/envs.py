@@ -6,8 +6,12 @@ transition therefore never crosses an episode boundary, and a time-limit truncat
 from the real final state.
 """
 
+import multiprocessing
+import signal
+
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode
 
 
@@ -16,7 +20,57 @@ def make_vector_env(env_id, num_envs, vectorization="sync", start_method=None, *
     if vectorization == "async":
         vector_kwargs["context"] = start_method
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
-                        vector_kwargs=vector_kwargs, **env_kwargs)
+                        vector_kwargs=vector_kwargs, wrappers=[Snapshot], **env_kwargs)
+
+
+class Snapshot(gym.Wrapper):
+    """Lets a vector env save and restore each sub-env's state, for exact resumes.
+
+    Captured exactly: gymnasium's classic-control envs (CartPole, Acrobot, Pendulum, MountainCar), whose whole
+    state is `unwrapped.state` plus the time-limit counter and the env's RNG. Other envs (MuJoCo, Box2D, ...)
+    report None, and a resume starts their episodes afresh.
+    """
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.pending_snapshot = None
+        if multiprocessing.parent_process() is not None:
+            # An async worker: Ctrl-C reaches the whole process group, and the parent, not the worker,
+            # decides how to stop (checkpoint first).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def get_snapshot(self):
+        base = self.env.unwrapped
+        if not type(base).__module__.startswith("gymnasium.envs.classic_control") or base.state is None:
+            return None
+        snapshot = {
+            "state": torch.from_numpy(np.array(base.state, dtype=np.float64)),
+            "elapsed_steps": self.env.get_wrapper_attr("_elapsed_steps"),
+            "rng": base.np_random.bit_generator.state,
+        }
+        if hasattr(base, "steps_beyond_terminated"):
+            snapshot["steps_beyond_terminated"] = base.steps_beyond_terminated
+        return snapshot
+
+    def apply_pending_snapshot(self):
+        snapshot, self.pending_snapshot = self.pending_snapshot, None
+        base = self.env.unwrapped
+        base.state = snapshot["state"].numpy().copy()
+        self.env.set_wrapper_attr("_elapsed_steps", snapshot["elapsed_steps"])
+        base.np_random.bit_generator.state = snapshot["rng"]
+        if "steps_beyond_terminated" in snapshot:
+            base.steps_beyond_terminated = snapshot["steps_beyond_terminated"]
+
+
+def get_snapshots(envs):
+    """One snapshot per sub-env, or None when any sub-env cannot be captured."""
+    snapshots = list(envs.call("get_snapshot"))
+    return None if any(s is None for s in snapshots) else snapshots
+
+
+def set_snapshots(envs, snapshots):
+    envs.set_attr("pending_snapshot", snapshots)
+    envs.call("apply_pending_snapshot")
 
 
 def final_observations(info, done_indices):

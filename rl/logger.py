@@ -11,12 +11,15 @@ from torch.utils.tensorboard.summary import hparams
 
 
 class Logger:
-    def __init__(self, run_dir, config_text, hparam_dict, total_steps, progress="auto", start_step=0):
-        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-        self.writer.add_text("config", "```yaml\n" + config_text + "\n```", 0)
-        # Written into this run's own event file (add_hparams would open a second sub-run).
-        for summary in hparams(hparam_dict, {"eval/return": 0.0}):
-            self.writer.file_writer.add_summary(summary)
+    def __init__(self, run_dir, config_text, hparam_dict, total_steps, progress="auto", start_step=0,
+                 resumed=False):
+        # On resume, TensorBoard hides whatever an interrupted process logged past the checkpoint.
+        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=start_step + 1 if resumed else None)
+        if not resumed:
+            self.writer.add_text("config", "```yaml\n" + config_text + "\n```", 0)
+            # Written into this run's own event file (add_hparams would open a second sub-run).
+            for summary in hparams(hparam_dict, {"eval/return": 0.0}):
+                self.writer.file_writer.add_summary(summary)
         self.recent_returns = deque(maxlen=20)
         self.total_steps = total_steps
         interactive = sys.stderr.isatty() if progress == "auto" else bool(progress)

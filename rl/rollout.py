@@ -138,20 +138,29 @@ class Collector:
         rollout = buf if self.device.type == "cpu" else buf.to(self.device)
         return rollout, episodes
 
+    def restart_episodes(self, seed):
+        """Start fresh episodes in every env (for a resume where env state could not be saved)."""
+        obs, _ = self.envs.reset(seed=seed)
+        self.obs = obs.reshape(self.envs.num_envs, -1)
+        self.discounted_return.zero_()
+        self.episode_return[:] = 0.0
+        self.episode_length[:] = 0
+
     def state_dict(self):
+        # Tensors, not arrays: checkpoints are read back with weights_only=True.
         return {
-            "obs": self.obs.copy(),
+            "obs": torch.from_numpy(self.obs.copy()),
             "discounted_return": self.discounted_return.clone(),
-            "episode_return": self.episode_return.copy(),
-            "episode_length": self.episode_length.copy(),
+            "episode_return": torch.from_numpy(self.episode_return.copy()),
+            "episode_length": torch.from_numpy(self.episode_length.copy()),
             "episodes_finished": self.episodes_finished,
         }
 
     def load_state_dict(self, state):
-        self.obs = np.asarray(state["obs"]).copy()
+        self.obs = state["obs"].numpy().copy()
         self.discounted_return = state["discounted_return"].clone()
-        self.episode_return = np.asarray(state["episode_return"]).copy()
-        self.episode_length = np.asarray(state["episode_length"]).copy()
+        self.episode_return = state["episode_return"].numpy().copy()
+        self.episode_length = state["episode_length"].numpy().copy()
         self.episodes_finished = int(state["episodes_finished"])
 
 

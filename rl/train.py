@@ -7,6 +7,7 @@ collect -> GAE -> update -> log -> checkpoint, then a deterministic evaluation.
 import copy
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,9 +20,10 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rl import checkpoint
 from rl.algos import ppo, trpo
 from rl.config import ConfigError, validate
-from rl.envs import make_vector_env
+from rl.envs import get_snapshots, make_vector_env, set_snapshots
 from rl.evaluate import evaluate
 from rl.logger import Logger, write_json
 from rl.policy import Agent
@@ -29,6 +31,9 @@ from rl.rollout import Collector, flatten, gae
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALGORITHMS = {"ppo": ppo, "trpo": trpo, "npg": trpo}
+# What a resumed run may change; everything else comes from the checkpoint so the run stays the same run.
+RESUME_OVERRIDABLE = ("total_timesteps", "stop_after_steps", "progress", "checkpoint_every", "checkpoint_keep",
+                      "eval_episodes", "log_every", "resume")
 
 
 def seed_everything(seed):
@@ -37,9 +42,9 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def build_agent(cfg, envs):
+def build_agent(cfg, observation_space, action_space):
     algo, env = cfg.algo, cfg.env
-    return Agent(envs.single_observation_space, envs.single_action_space,
+    return Agent(observation_space, action_space,
                  actor_hidden_sizes=list(algo.actor_hidden_sizes),
                  critic_hidden_sizes=list(algo.critic_hidden_sizes), activation=algo.activation,
                  init_log_std=algo.init_log_std, normalize_observations=env.normalize_observations,
@@ -47,8 +52,31 @@ def build_agent(cfg, envs):
                  clip_rewards=env.clip_rewards, gamma=algo.gamma)
 
 
-def train(cfg, run_dir, device):
-    """Train as `cfg` says, writing everything under `run_dir`. Returns the summary dict."""
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations; a second signal stops at once."""
+
+    def __init__(self):
+        self.requested = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg, run_dir, device, resume_state=None):
+    """Train as `cfg` says, writing everything under `run_dir`. Returns the summary dict, or None when the
+    run stopped early (signal or `stop_after_steps`) with a checkpoint to resume from."""
     start_time = time.perf_counter()
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
@@ -62,7 +90,7 @@ def train(cfg, run_dir, device):
 
     envs = make_vector_env(env_cfg.id, env_cfg.num_envs, env_cfg.vectorization, env_cfg.start_method,
                            **env_kwargs)
-    agent = build_agent(cfg, envs).to(device)
+    agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
     # Acting stays on the CPU where the envs are: one small batch per step is cheaper there than a
     # host-device round trip. On a GPU learner we act with a CPU copy refreshed after every update.
     acting_agent = agent if torch.device(device).type == "cpu" else copy.deepcopy(agent).cpu()
@@ -73,52 +101,61 @@ def train(cfg, run_dir, device):
     batch_size = env_cfg.num_envs * algo_cfg.num_steps
     num_iterations = cfg.total_timesteps // batch_size
     total_steps = num_iterations * batch_size
-    config_text = OmegaConf.to_yaml(cfg)
-    logger = Logger(run_dir, config_text, _hparams(cfg), total_steps, cfg.progress)
+    iteration, global_step, elapsed_before = 0, 0, 0.0
+    if resume_state is not None:
+        iteration, global_step = resume_state["iteration"], resume_state["global_step"]
+        elapsed_before = resume_state["wall_seconds"]
+        _restore(resume_state, agent, acting_agent, optimizers, generator, collector, envs, cfg)
 
-    global_step = 0
+    logger = Logger(run_dir, OmegaConf.to_yaml(cfg), _hparams(cfg), total_steps, cfg.progress,
+                    start_step=global_step, resumed=resume_state is not None)
+    stop_at = cfg.stop_after_steps if cfg.stop_after_steps is not None else total_steps
+
+    def state():
+        return {
+            "format_version": checkpoint.FORMAT_VERSION,
+            "config": OmegaConf.to_yaml(cfg),
+            "agent": agent.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+            "iteration": iteration,
+            "global_step": global_step,
+            "wall_seconds": elapsed_before + time.perf_counter() - start_time,
+            "rng": checkpoint.rng_state(generator),
+            "collector": collector.state_dict(),
+            "env_snapshots": get_snapshots(envs),
+        }
+
+    stopped = None
     try:
-        for iteration in range(1, num_iterations + 1):
-            if algo_cfg.get("anneal_learning_rate", False):
-                fraction_left = 1.0 - (iteration - 1) / num_iterations
-                for optimizer in optimizers.values():
-                    for group in optimizer.param_groups:
-                        group["lr"] = fraction_left * algo_cfg.learning_rate
-
-            rollout_start = time.perf_counter()
-            rollout, episodes = collector.collect()
-            global_step += batch_size
-            update_start = time.perf_counter()
-            advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
-                                      rollout.done, algo_cfg.gamma, algo_cfg.gae_lambda)
-            metrics = algorithm.update(agent, optimizers, flatten(rollout, advantages, returns), algo_cfg,
-                                       generator)
-            if acting_agent is not agent:
-                _sync_acting_agent(agent, acting_agent)
-            now = time.perf_counter()
-
-            logger.episodes(episodes, global_step)
-            sps = global_step / (now - start_time)
-            if iteration % cfg.log_every == 0 or iteration == num_iterations:
-                metrics.update({
-                    "charts/sps": sps,
-                    "charts/learning_rate": next(iter(optimizers.values())).param_groups[0]["lr"],
-                    "time/rollout_seconds": update_start - rollout_start,
-                    "time/update_seconds": now - update_start,
-                })
-                logger.scalars(metrics, global_step)
-            logger.progress(global_step, sps)
+        with StopRequest() as stop:
+            while iteration < num_iterations and global_step < stop_at and stop.requested is None:
+                iteration += 1
+                metrics = _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers,
+                                   generator, collector, logger)
+                global_step += batch_size
+                logger.episodes(metrics.pop("episodes"), global_step)
+                sps = global_step / (elapsed_before + time.perf_counter() - start_time)
+                if iteration % cfg.log_every == 0 or iteration == num_iterations:
+                    logger.scalars({**metrics, "charts/sps": sps}, global_step)
+                logger.progress(global_step, sps)
+                if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < num_iterations:
+                    checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
+            stopped = stop.requested or ("stop_after_steps" if iteration < num_iterations else None)
+        checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
         envs.close()
+        if stopped:
+            print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
+                  f"python -m rl.train resume={run_dir}", flush=True)
+            return None
 
         returns_eval = []
         if cfg.eval_episodes > 0:
-            eval_agent = agent if acting_agent is agent else acting_agent
-            returns_eval = evaluate(eval_agent, env_cfg.id, cfg.eval_episodes, cfg.seed + 10_000, env_kwargs)
+            returns_eval = evaluate(acting_agent, env_cfg.id, cfg.eval_episodes, cfg.seed + 10_000, env_kwargs)
             logger.scalars({"eval/return": float(np.mean(returns_eval))}, global_step)
     finally:
         logger.close()
 
-    wall = time.perf_counter() - start_time
+    wall = elapsed_before + time.perf_counter() - start_time
     summary = {
         "env": env_cfg.id,
         "algo": algo_cfg.name,
@@ -132,6 +169,45 @@ def train(cfg, run_dir, device):
     }
     write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary
+
+
+def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers, generator,
+             collector, logger):
+    """One iteration: anneal, collect, GAE, update. Returns its metrics (with the finished episodes)."""
+    if algo_cfg.get("anneal_learning_rate", False):
+        fraction_left = 1.0 - (iteration - 1) / num_iterations
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = fraction_left * algo_cfg.learning_rate
+    rollout_start = time.perf_counter()
+    rollout, episodes = collector.collect()
+    update_start = time.perf_counter()
+    advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
+                              rollout.done, algo_cfg.gamma, algo_cfg.gae_lambda)
+    metrics = algorithm.update(agent, optimizers, flatten(rollout, advantages, returns), algo_cfg, generator)
+    if acting_agent is not agent:
+        _sync_acting_agent(agent, acting_agent)
+    metrics.update({
+        "episodes": episodes,
+        "charts/learning_rate": next(iter(optimizers.values())).param_groups[0]["lr"],
+        "time/rollout_seconds": update_start - rollout_start,
+        "time/update_seconds": time.perf_counter() - update_start,
+    })
+    return metrics
+
+
+def _restore(state, agent, acting_agent, optimizers, generator, collector, envs, cfg):
+    agent.load_state_dict(state["agent"])
+    if acting_agent is not agent:
+        acting_agent.load_state_dict(state["agent"])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
+    checkpoint.restore_rng_state(state["rng"], generator)
+    if state["env_snapshots"] is not None:
+        set_snapshots(envs, state["env_snapshots"])
+        collector.load_state_dict(state["collector"])
+    else:  # envs whose state cannot be captured start new episodes; everything else continues exactly
+        collector.restart_episodes(seed=cfg.seed + 1_000_003 * state["iteration"])
 
 
 def _sync_acting_agent(agent, acting_agent):
@@ -152,6 +228,23 @@ def _hparams(cfg):
     return flat
 
 
+def load_resume(cfg):
+    """For `resume=<run dir>`: the saved config with the allowed overrides applied, and the checkpoint."""
+    run_dir = cfg.resume
+    state = checkpoint.load(checkpoint.latest(run_dir))
+    saved = OmegaConf.create(state["config"])
+    # These describe this invocation, not the run.
+    saved.resume, saved.stop_after_steps = cfg.resume, cfg.stop_after_steps
+    overrides = [o for o in HydraConfig.get().overrides.task]
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key not in RESUME_OVERRIDABLE:
+            raise ConfigError(key, value, "cannot change on resume; a resumed run keeps its config "
+                                          f"(allowed: {', '.join(RESUME_OVERRIDABLE[:-1])})")
+        OmegaConf.update(saved, key, cfg[key], force_add=True)
+    return saved, state
+
+
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -159,20 +252,28 @@ def fail(message):
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def _hydra_main(cfg):
+    resume_state = None
     try:
+        if cfg.resume:
+            cfg, resume_state = load_resume(cfg)
         device = validate(cfg)
-    except ConfigError as error:
+    except (ConfigError, checkpoint.CheckpointError) as error:
         fail(error)
-    run_dir = HydraConfig.get().runtime.output_dir
-    summary = train(cfg, run_dir, device)
-    print(f"done: {summary['total_timesteps']} steps in {summary['wall_seconds']:.1f}s ({summary['sps']:.0f} sps), "
-          f"eval return {summary['eval_return_mean']} over {summary['eval_episodes']} episodes -> {run_dir}")
+    run_dir = cfg.resume or HydraConfig.get().runtime.output_dir
+    summary = train(cfg, run_dir, device, resume_state)
+    if summary is not None:
+        print(f"done: {summary['total_timesteps']} steps in {summary['wall_seconds']:.1f}s ({summary['sps']:.0f} sps), "
+              f"eval return {summary['eval_return_mean']} over {summary['eval_episodes']} episodes -> {run_dir}")
 
 
 def main():
     # Hydra prints composition errors (an unknown env or algo config, a bad override) over several
     # lines and exits 1. We let them raise so they become one line and exit 2, like our own checks.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    resume = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("resume=")]
+    if resume and resume[-1] not in ("", "null"):
+        # A resumed run writes into its own folder, and Hydra adds nothing there.
+        sys.argv += [f"hydra.run.dir={resume[-1]}", "hydra.output_subdir=null"]
     try:
         _hydra_main()
     except (HydraException, OmegaConfBaseException) as error:

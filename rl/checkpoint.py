@@ -1,0 +1,102 @@
+"""Checkpoints: atomic writes, loads that never run pickled code, and the `latest` pointer.
+
+A checkpoint is a dict of tensors and plain Python values, read back with `torch.load(weights_only=True)`,
+which refuses anything that would execute code while unpickling.
+"""
+
+import os
+import random
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "config", "agent", "optimizers", "iteration", "global_step", "rng")
+LATEST = "latest"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is one line."""
+
+
+def checkpoint_dir(run_dir):
+    return os.path.join(run_dir, "checkpoints")
+
+
+def save(run_dir, state, step, keep):
+    """Write `state` as checkpoints/step_<step>.pt, then point `latest` at it, then keep the newest `keep`."""
+    directory = checkpoint_dir(run_dir)
+    os.makedirs(directory, exist_ok=True)
+    name = f"step_{step:012d}.pt"
+    path = os.path.join(directory, name)
+    _write_atomically(path, lambda f: torch.save(state, f))
+    # Only a complete file is ever named by `latest`.
+    _write_atomically(os.path.join(directory, LATEST), lambda f: f.write(name.encode() + b"\n"))
+    for old in sorted(n for n in os.listdir(directory) if n.startswith("step_") and n.endswith(".pt"))[:-keep]:
+        if old != name:
+            os.remove(os.path.join(directory, old))
+    return path
+
+
+def _write_atomically(path, write):
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    directory = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def latest(run_dir):
+    """Path of the newest complete checkpoint of a run. Raises CheckpointError when there is none."""
+    pointer = os.path.join(checkpoint_dir(run_dir), LATEST)
+    try:
+        with open(pointer) as f:
+            name = f.read().strip()
+    except OSError:
+        raise CheckpointError(f"{run_dir}: no checkpoint found (missing {pointer})") from None
+    if os.path.basename(name) != name or not name.endswith(".pt"):
+        raise CheckpointError(f"{pointer}: does not name a checkpoint file")
+    return os.path.join(checkpoint_dir(run_dir), name)
+
+
+def load(path):
+    """Read and check a checkpoint without executing any code from it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, foreign pickle, unsafe globals, missing file ...
+        reason = " ".join(str(error).split())[:200]
+        raise CheckpointError(f"{path}: not a valid rl checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path}: not an rl checkpoint (missing keys)")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {state['format_version']}, expected {FORMAT_VERSION}")
+    return state
+
+
+def rng_state(generator):
+    """Every random stream a run draws from, as tensors and plain values."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                                           "pos": int(numpy_state["state"]["pos"])}},
+        "torch": torch.get_rng_state(),
+        "learner": generator.get_state(),
+    }
+
+
+def restore_rng_state(state, generator):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = {"key": state["numpy"]["state"]["key"].numpy().astype(np.uint32),
+                            "pos": state["numpy"]["state"]["pos"]}
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["learner"])
