@@ -3,6 +3,7 @@
 import math
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 
@@ -120,3 +121,33 @@ class Agent(nn.Module):
         """Raw observations (B, obs_dim) -> actions, with the saved normalization applied."""
         params = self.actor(self.obs_normalizer(obs))
         return self.actor.mode(*params) if deterministic else self.actor.sample(*params)
+
+
+def build_agent(cfg, observation_space, action_space):
+    """The Agent a run config describes (its `algo` and `env` sections)."""
+    algo, env = cfg.algo, cfg.env
+    return Agent(observation_space, action_space,
+                 actor_hidden_sizes=list(algo.actor_hidden_sizes),
+                 critic_hidden_sizes=list(algo.critic_hidden_sizes), activation=algo.activation,
+                 init_log_std=algo.init_log_std, normalize_observations=env.normalize_observations,
+                 normalize_rewards=env.normalize_rewards, clip_observations=env.clip_observations,
+                 clip_rewards=env.clip_rewards, gamma=algo.gamma)
+
+
+class TrainedPolicy:
+    """A trained policy for use outside training: NumPy observations in, env-ready actions out."""
+
+    def __init__(self, agent, action_space, config):
+        self.agent = agent.eval()
+        self.action_space = action_space
+        self.config = config
+
+    def act(self, obs, deterministic=True):
+        """Action(s) for one observation (obs_dim,) or a batch (B, obs_dim); Box actions clipped to bounds."""
+        obs = np.asarray(obs, dtype=np.float32)
+        single = obs.ndim == len(self.agent.obs_normalizer.stats.mean.shape)
+        batch = torch.from_numpy(obs.reshape(1 if single else obs.shape[0], -1))
+        action = self.agent.act(batch, deterministic).numpy()
+        if isinstance(self.action_space, gym.spaces.Box):
+            action = np.clip(action, self.action_space.low, self.action_space.high)
+        return action[0] if single else action

@@ -26,7 +26,7 @@ from rl.config import ConfigError, validate
 from rl.envs import get_snapshots, make_vector_env, set_snapshots
 from rl.evaluate import evaluate
 from rl.logger import Logger, write_json
-from rl.policy import Agent
+from rl.policy import build_agent
 from rl.rollout import Collector, flatten, gae
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -40,16 +40,6 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_agent(cfg, observation_space, action_space):
-    algo, env = cfg.algo, cfg.env
-    return Agent(observation_space, action_space,
-                 actor_hidden_sizes=list(algo.actor_hidden_sizes),
-                 critic_hidden_sizes=list(algo.critic_hidden_sizes), activation=algo.activation,
-                 init_log_std=algo.init_log_std, normalize_observations=env.normalize_observations,
-                 normalize_rewards=env.normalize_rewards, clip_observations=env.clip_observations,
-                 clip_rewards=env.clip_rewards, gamma=algo.gamma)
 
 
 class StopRequest:
