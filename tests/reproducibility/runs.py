@@ -1,0 +1,72 @@
+"""Launching real `python -m rl.train` processes and reading back what they wrote."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[2]
+WALL_CLOCK_TAGS = ("charts/sps", "time/")
+
+# Short CartPole runs: PPO iterations are 8 envs x 32 steps, TRPO/NPG 4 envs x 256 steps.
+BUDGET = {"ppo": 5120, "trpo": 6144, "npg": 6144}
+ITERATION = {"ppo": 256, "trpo": 1024, "npg": 1024}
+
+
+def command(run_dir, *overrides):
+    return [sys.executable, "-m", "rl.train", f"hydra.run.dir={run_dir}", "progress=false", *overrides]
+
+
+def launch(run_dir, *overrides):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command(run_dir, *overrides), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process, timeout=300):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def run_all(jobs, parallel=2):
+    """Run {name: (run_dir, overrides)} two at a time (the CI machine has 2 cores). Returns {name: (rc, out, err)}."""
+    results, pending, running = {}, list(jobs.items()), []
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, (run_dir, overrides) = pending.pop(0)
+            running.append((name, launch(run_dir, *overrides)))
+        name, process = running.pop(0)
+        results[name] = finish(process)
+    return results
+
+
+def scalars(run_dir):
+    """Every logged scalar except wall-clock ones: {tag: [(step, value), ...]}."""
+    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+            if not tag.startswith(WALL_CLOCK_TAGS)}
+
+
+def final_parameters(run_dir):
+    directory = Path(run_dir) / "checkpoints"
+    name = (directory / "latest").read_text().strip()
+    return torch.load(directory / name, weights_only=True)["agent"]
+
+
+def same_parameters(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def folder_digest(path):
+    """Names, sizes and contents of every file below `path`."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).rglob("*")):
+        digest.update(str(file.relative_to(path)).encode())
+        if file.is_file():
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
