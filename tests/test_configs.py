@@ -1,0 +1,78 @@
+"""Every shipped config composes with Hydra and passes validation; env files name real gymnasium ids."""
+
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from rl.config import ConfigError, validate
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+NOT_ENVS = {"common", "generic"}
+ENV_NAMES = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml") if p.stem not in NOT_ENVS)
+ALGO_NAMES = sorted(p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml"))
+TUNED_NAMES = sorted(p.stem for p in (CONFIG_DIR / "tuned").glob("*.yaml"))
+
+
+def compose_config(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def leaf_keys(node, prefix=""):
+    keys = []
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            keys += leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def test_config_files_were_found():
+    assert "CartPole-v1" in ENV_NAMES and "ppo" in ALGO_NAMES
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+@pytest.mark.parametrize("env", ENV_NAMES)
+def test_env_and_algo_configs_compose_and_validate(algo, env):
+    cfg = compose_config(f"algo={algo}", f"env={env}")
+    assert cfg.algo.name == algo
+    assert cfg.env.id == env  # one file per gymnasium id, named after it
+    assert validate(cfg) in ("cpu", "cuda")
+
+
+@pytest.mark.parametrize("env", ENV_NAMES)
+def test_env_configs_name_gymnasium_ids_and_only_common_keys(env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT warnings into the working directory
+    cfg = compose_config(f"env={env}")
+    gym.spec(cfg.env.id)  # raises for an unregistered id
+    common = OmegaConf.load(CONFIG_DIR / "env" / "common.yaml")
+    assert set(cfg.env.keys()) == set(common.keys())  # a misspelt key would be a new one
+    # The id really builds (the MuJoCo ones need the mujoco package).
+    made = gym.make(cfg.env.id, **OmegaConf.to_container(cfg.env.kwargs))
+    made.close()
+
+
+def test_generic_env_config_takes_any_registered_id():
+    cfg = compose_config("env=generic", "env.id=Acrobot-v1")
+    assert validate(cfg) in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="env.id"):
+        validate(compose_config("env=generic"))
+    with pytest.raises(ConfigError, match="env.id"):
+        validate(compose_config("env=generic", "env.id=NoSuchEnv-v0"))
+
+
+@pytest.mark.parametrize("tuned", TUNED_NAMES)
+def test_tuned_configs_override_existing_keys(tuned):
+    algo, env = tuned.split("_", 1)
+    assert algo in ALGO_NAMES and env in ENV_NAMES
+    cfg = compose_config(f"algo={algo}", f"env={env}")
+    assert validate(cfg) in ("cpu", "cuda")
+    untuned = compose_config(f"algo={algo}", f"env={env}", "~tuned")
+    values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "tuned" / f"{tuned}.yaml"))
+    for key in leaf_keys(values):
+        assert OmegaConf.select(untuned, key, default="<absent>") != "<absent>", f"{tuned}.yaml sets unknown {key}"
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(OmegaConf.create(values), key), key

@@ -1,0 +1,120 @@
+"""rl.distributions against torch.distributions, and the closed-form Fisher products against the
+Hessian of the KL at old == new (float64 autograd)."""
+
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, Normal, kl_divergence
+from torch.autograd.functional import hessian
+
+from rl import distributions as D
+
+BATCH_SHAPES = [(1,), (7,), (3, 4)]
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, g, scale=1.0):
+    return scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def reference_gaussian(mean, log_std):
+    return Independent(Normal(mean, log_std.exp().expand_as(mean)), 1)
+
+
+@pytest.mark.parametrize("batch", BATCH_SHAPES)
+@pytest.mark.parametrize("shared_log_std", [True, False])
+def test_gaussian_log_prob_entropy_kl(batch, shared_log_std):
+    g, A = generator(), 3
+    mean, old_mean = randn(*batch, A, g=g), randn(*batch, A, g=g)
+    std_shape = (A,) if shared_log_std else (*batch, A)  # state-independent log-std broadcasts over the batch
+    log_std, old_log_std = randn(*std_shape, g=g, scale=0.5), randn(*std_shape, g=g, scale=0.5)
+    action = randn(*batch, A, g=g, scale=2.0)
+
+    expected_log_prob = Normal(mean, log_std.exp()).log_prob(action).sum(-1)
+    log_prob = D.gaussian_log_prob(mean, log_std, action)
+    assert log_prob.shape == batch
+    assert torch.allclose(log_prob, expected_log_prob, atol=1e-12, rtol=0)
+    assert torch.allclose(log_prob, reference_gaussian(mean, log_std).log_prob(action), atol=1e-12, rtol=0)
+
+    entropy = D.gaussian_entropy(mean, log_std)
+    assert entropy.shape == batch
+    assert torch.allclose(entropy, reference_gaussian(mean, log_std).entropy(), atol=1e-12, rtol=0)
+
+    kl = D.gaussian_kl(old_mean, old_log_std, mean, log_std)
+    expected_kl = kl_divergence(reference_gaussian(old_mean, old_log_std), reference_gaussian(mean, log_std))
+    assert kl.shape == batch
+    assert torch.allclose(kl, expected_kl, atol=1e-12, rtol=0)
+    assert torch.all(kl > 0)
+    assert torch.allclose(D.gaussian_kl(mean, log_std, mean, log_std), torch.zeros(batch, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("batch", BATCH_SHAPES)
+def test_categorical_log_prob_entropy_kl(batch):
+    g, K = generator(1), 5
+    logits, old_logits = randn(*batch, K, g=g, scale=2.0), randn(*batch, K, g=g, scale=2.0)
+    action = torch.randint(K, batch, generator=g)
+
+    reference = Categorical(logits=logits)
+    log_prob = D.categorical_log_prob(logits, action)
+    assert log_prob.shape == batch
+    assert torch.allclose(log_prob, reference.log_prob(action), atol=1e-12, rtol=0)
+    # Actions stored as floats (as a generic buffer might) give the same answer.
+    assert torch.allclose(D.categorical_log_prob(logits, action.double()), reference.log_prob(action))
+
+    assert torch.allclose(D.categorical_entropy(logits), reference.entropy(), atol=1e-12, rtol=0)
+
+    kl = D.categorical_kl(old_logits, logits)
+    assert kl.shape == batch
+    assert torch.allclose(kl, kl_divergence(Categorical(logits=old_logits), reference), atol=1e-12, rtol=0)
+    # Logits are defined up to a constant: shifting them changes nothing.
+    assert torch.allclose(D.categorical_kl(old_logits + 3.0, logits - 7.0), kl, atol=1e-12, rtol=0)
+
+
+def test_samplers_follow_their_distributions():
+    torch.manual_seed(0)
+    mean, log_std = torch.tensor([[1.0, -2.0]]), torch.tensor([0.0, -1.0])
+    samples = D.gaussian_sample(mean.expand(200_000, 2), log_std.expand(200_000, 2))
+    assert torch.allclose(samples.mean(0), mean[0], atol=0.01)
+    assert torch.allclose(samples.std(0), log_std.exp(), atol=0.01)
+
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    draws = D.categorical_sample(probs.log().expand(200_000, 3))
+    assert draws.dtype == torch.int64
+    assert torch.allclose(torch.bincount(draws, minlength=3) / 200_000.0, probs, atol=0.01)
+
+
+@pytest.mark.parametrize("B,A", [(1, 1), (4, 3)])
+def test_gaussian_fisher_product_is_kl_hessian(B, A):
+    g = generator(2)
+    mean, log_std = randn(B, A, g=g), randn(B, A, g=g, scale=0.5)
+    mean_tangent, log_std_tangent = randn(B, A, g=g), randn(B, A, g=g)
+
+    def kl_of_new(flat):  # KL(old || new) summed over the batch, as a function of all new parameters
+        new_mean, new_log_std = flat[:B * A].reshape(B, A), flat[B * A:].reshape(B, A)
+        return kl_divergence(reference_gaussian(mean, log_std), reference_gaussian(new_mean, new_log_std)).sum()
+
+    H = hessian(kl_of_new, torch.cat([mean.flatten(), log_std.flatten()]))
+    expected = H @ torch.cat([mean_tangent.flatten(), log_std_tangent.flatten()])
+
+    mean_product, log_std_product = D.gaussian_fisher_product(mean, log_std, mean_tangent, log_std_tangent)
+    assert mean_product.shape == log_std_product.shape == (B, A)
+    assert torch.allclose(torch.cat([mean_product.flatten(), log_std_product.flatten()]), expected,
+                          atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("B,K", [(1, 2), (4, 5)])
+def test_categorical_fisher_product_is_kl_hessian(B, K):
+    g = generator(3)
+    logits, tangent = randn(B, K, g=g, scale=1.5), randn(B, K, g=g)
+
+    def kl_of_new(flat):
+        new = flat.reshape(B, K)
+        return kl_divergence(Categorical(logits=logits), Categorical(logits=new)).sum()
+
+    H = hessian(kl_of_new, logits.flatten())
+    expected = (H @ tangent.flatten()).reshape(B, K)
+    product = D.categorical_fisher_product(logits, tangent)
+    assert product.shape == (B, K)
+    assert torch.allclose(product, expected, atol=1e-10, rtol=1e-10)

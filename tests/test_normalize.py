@@ -1,0 +1,106 @@
+"""Running statistics against numpy on the concatenated data, and the normalizers built on them."""
+
+import numpy as np
+import pytest
+import torch
+
+from rl.normalize import ObservationNormalizer, RewardScaler, RunningMeanStd
+
+EPSILON = 1e-4  # RunningMeanStd's prior count (mean 0, var 1)
+
+
+def batches(seed=0):
+    """Uneven batch sizes (a single row included), a large offset and per-dimension scales."""
+    rng = np.random.default_rng(seed)
+    return [rng.normal(loc=[5.0, -3.0, 0.0], scale=[2.0, 0.1, 10.0], size=(size, 3)) for size in (1, 7, 50, 2, 300)]
+
+
+def test_running_mean_std_matches_numpy_on_concatenated_batches():
+    stats = RunningMeanStd((3,), epsilon=EPSILON)
+    data = batches()
+    for batch in data:
+        stats.update(torch.from_numpy(batch).float())
+    everything = np.concatenate([b.astype(np.float32).astype(np.float64) for b in data])
+    n = len(everything)
+
+    assert stats.count.item() == pytest.approx(n + EPSILON, abs=1e-9)
+    assert stats.mean.dtype == stats.var.dtype == torch.float64
+    # The prior (count EPSILON at mean 0, var 1) moves the mean by about EPSILON * mean / n and the
+    # variance by about EPSILON * (1 + mean^2 - var) / n; allow twice that. A per-batch unbiased variance
+    # (about 1% too large here) or a wrong cross term would fail.
+    prior_shift = EPSILON * (1.0 + everything.mean(0) ** 2 + everything.var(0)) / n
+    assert np.all(np.abs(stats.mean.numpy() - everything.mean(0)) <= 2 * EPSILON * np.abs(everything.mean(0)) / n
+                  + 1e-12)
+    assert np.all(np.abs(stats.var.numpy() - everything.var(0)) <= 2 * prior_shift + 1e-12)
+
+    # Exactly: the data pooled with the prior (count EPSILON, mean 0, var 1).
+    mean = everything.sum(0) / (n + EPSILON)
+    var = (EPSILON * 1.0 + EPSILON * mean ** 2 + ((everything - mean) ** 2).sum(0)) / (n + EPSILON)
+    assert np.allclose(stats.mean.numpy(), mean, rtol=1e-10, atol=0)
+    assert np.allclose(stats.var.numpy(), var, rtol=1e-10, atol=0)
+
+
+def test_running_mean_std_of_scalars():
+    stats = RunningMeanStd(())
+    values = np.arange(10.0) ** 2
+    for chunk in np.split(values, [3, 4, 9]):
+        stats.update(torch.from_numpy(chunk))
+    assert stats.mean.item() == pytest.approx(values.mean(), rel=1e-5)
+    assert stats.var.item() == pytest.approx(values.var(), rel=1e-5)
+
+
+def test_observation_normalizer_formula_clip_and_state_dict():
+    normalizer = ObservationNormalizer((3,), clip=5.0)
+    data = batches(1)
+    for batch in data:
+        normalizer.update(torch.from_numpy(batch))
+    everything = np.concatenate(data)
+    obs = torch.tensor([[5.0, -3.0, 0.0], [7.0, -2.9, -10.0], [5.0, 100.0, 1.0]])
+    expected = (obs.numpy() - everything.mean(0)) / np.sqrt(everything.var(0) + 1e-8)
+    expected = np.clip(expected, -5.0, 5.0)
+    out = normalizer(obs)
+    assert out.dtype == torch.float32
+    assert np.allclose(out.numpy(), expected, atol=1e-3)
+    assert out[2, 1].item() == 5.0  # clipped
+
+    # The statistics are buffers: a fresh module loading the state dict normalizes identically.
+    state = normalizer.state_dict()
+    assert {"stats.mean", "stats.var", "stats.count"} <= set(state)
+    copy = ObservationNormalizer((3,), clip=5.0)
+    copy.load_state_dict(state)
+    assert torch.equal(copy(obs), out)
+
+    disabled = ObservationNormalizer((3,), enabled=False)
+    disabled.update(obs)
+    assert torch.equal(disabled(obs), obs)
+    assert disabled.stats.count.item() == pytest.approx(EPSILON)
+
+
+def test_reward_scaler_matches_hand_loop():
+    gamma, clip = 0.9, 2.0
+    rng = np.random.default_rng(2)
+    rewards = rng.normal(1.0, 3.0, size=(12, 2))
+    done = np.zeros((12, 2), dtype=bool)
+    done[3, 0] = done[7, 1] = done[10, 0] = True
+
+    scaler = RewardScaler(gamma, clip)
+    discounted = torch.zeros(2, dtype=torch.float64)
+    running = [0.0, 0.0]
+    seen = []
+    for t in range(12):
+        out = scaler(torch.from_numpy(rewards[t]), discounted, torch.from_numpy(done[t]))
+        expected = []
+        for n in range(2):
+            running[n] = gamma * running[n] + rewards[t, n]
+        seen += running
+        var = np.var(seen)
+        for n in range(2):
+            expected.append(float(np.clip(rewards[t, n] / np.sqrt(var + 1e-8), -clip, clip)))
+            if done[t, n]:
+                running[n] = 0.0
+        assert out.tolist() == pytest.approx(expected, rel=2e-3), t
+        assert discounted.tolist() == pytest.approx(running, abs=1e-12)
+
+    disabled = RewardScaler(gamma, enabled=False)
+    r = torch.tensor([3.0, -4.0], dtype=torch.float64)
+    assert torch.equal(disabled(r, torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.bool)), r)
