@@ -33,7 +33,7 @@ def _require(cfg, key, test, reason):
 def _is_missing(cfg, key):
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return node is not None and leaf in node and OmegaConf.is_missing(node, leaf)
+    return node is not None and OmegaConf.is_missing(node, leaf)
 
 
 def _number(value):

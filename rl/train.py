@@ -272,10 +272,10 @@ def main():
 
 def _describe_hydra_error(error):
     text = " ".join(str(error).split())
-    missing = getattr(error, "config_name", None)
+    missing = getattr(error, "missing_cfg_file", None)
     if missing and "/" in missing:
         group, name = missing.split("/", 1)
-        options = ", ".join(getattr(error, "options", None) or [])
+        options = ", ".join(o for o in getattr(error, "options", None) or [] if o != "common")
         hint = "; for any registered gymnasium id use env=generic env.id=<id>" if group == "env" else ""
         return f"{group}={name}: no config {missing}.yaml (available: {options}){hint}"
     return text
