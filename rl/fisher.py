@@ -4,14 +4,106 @@ Two exact implementations over the flat vector of `actor.parameters()`:
 
 - `analytic` (default): F = J^T M J / B, with J the Jacobian of the distribution parameters with respect to
   the weights and M the closed-form Fisher metric of the distribution (Amari 1998; Martens 2014, sec. 9).
-  One forward-mode product (J v), the M multiply, and one reverse-mode product (J^T u) per call; the
-  reverse pass is linearized once per update, and no second-order graph is ever built.
+  Per call: one Jacobian-vector product (J v), the M multiply, one vector-Jacobian product (J^T u); no
+  second-order graph. For our MLP actors, J v and J^T u are written out on Jacobians cached once per update
+  (see `_mlp_fisher_vector_product`); any other actor goes through `torch.func.jvp` / `vjp`, which computes
+  the same products generically.
 - `hessian`: the classic double back-propagation of the KL (Schulman et al. 2015), kept for comparison.
 """
 
 import torch
+from torch import nn
 from torch.func import functional_call, jvp, vjp
 from torch.nn.utils import parameters_to_vector
+
+# d activation / d pre-activation, from the pre-activation z and the output h.
+ACTIVATION_DERIVATIVES = {
+    nn.Tanh: lambda z, h: 1.0 - h * h,
+    nn.ReLU: lambda z, h: (z > 0).to(z.dtype),
+    nn.ELU: lambda z, h: torch.where(z > 0, torch.ones_like(z), h + 1.0),
+}
+
+
+def analytic_fisher_vector_product(actor, obs):
+    """Return v -> F v for the actor at its current parameters on observations (B, obs_dim)."""
+    if _is_plain_mlp_actor(actor):
+        return _mlp_fisher_vector_product(actor, obs)
+    return _functional_fisher_vector_product(actor, obs)
+
+
+def _is_plain_mlp_actor(actor):
+    net = getattr(actor, "net", None)
+    if not isinstance(net, nn.Sequential):
+        return False
+    kinds = [type(m) for m in net]
+    linear_then_activation = all(k is nn.Linear for k in kinds[::2]) and all(
+        k in ACTIVATION_DERIVATIVES for k in kinds[1::2])
+    # Besides the net, at most a state-independent log_std (which nn.Module lists first).
+    names = [name for name, _ in actor.named_parameters()]
+    expected = [name for name, _ in net.named_parameters(prefix="net")]
+    return linear_then_activation and len(kinds) % 2 == 1 and names in (expected, ["log_std"] + expected)
+
+
+def _mlp_fisher_vector_product(actor, obs):
+    """J^T M J v / B for an MLP actor: J v forward through the layers, J^T u from cached output Jacobians.
+
+    S_i = d(output) / d(pre-activation of hidden layer i), (A, B, H_i), is computed once per update by
+    back-propagating the identity through the net. With it, J^T u needs no pass through the weights:
+    layer i's weight gradient is (sum_a u_a S_i[a])^T x_i. A call then costs three H x H matrix products
+    per hidden layer (two for J v, one for J^T u) against about six for double back-propagation.
+    """
+    net = actor.net
+    linears = list(net)[::2]
+    last = len(linears) - 1
+    batch = obs.shape[0]
+    with torch.no_grad():
+        inputs, derivatives, h = [], [], obs  # inputs[i] feeds linears[i]; derivatives[i] follows it
+        for i, linear in enumerate(linears):
+            inputs.append(h)
+            z = linear(h)
+            if i < last:
+                h = net[2 * i + 1](z)
+                derivatives.append(ACTIVATION_DERIVATIVES[type(net[2 * i + 1])](z, h))
+        old_params = actor.head(z)
+        output_jacobians = [None] * last
+        jacobian = linears[last].weight.unsqueeze(1)  # d output / d x_last, (A, 1, H)
+        for i in range(last - 1, -1, -1):
+            output_jacobians[i] = jacobian * derivatives[i]  # (A, B, H_i)
+            if i > 0:
+                jacobian = output_jacobians[i] @ linears[i].weight
+    sizes = [p.numel() for p in net.parameters()]
+    log_std_size = actor.log_std.numel() if hasattr(actor, "log_std") else 0
+
+    @torch.no_grad()
+    def product(vector):
+        log_std_piece, net_vector = vector[:log_std_size], vector[log_std_size:]
+        pieces = torch.split(net_vector, sizes)
+        # J v, forward through the layers.
+        tangent = None
+        for i, linear in enumerate(linears):
+            z_tangent = torch.addmm(pieces[2 * i + 1], inputs[i], pieces[2 * i].view_as(linear.weight).T)
+            if tangent is not None:
+                z_tangent = z_tangent.addmm_(tangent, linear.weight.T)
+            if i < last:
+                tangent = derivatives[i] * z_tangent
+        tangents = (z_tangent, log_std_piece.expand_as(z_tangent)) if log_std_size else (z_tangent,)
+        metric = actor.fisher_product(old_params, tangents)
+        # J^T (M J v), each layer's cotangent straight from the cached Jacobians.
+        cotangent_out = metric[0]
+        per_action = cotangent_out.T.unsqueeze(-1)  # (A, B, 1)
+        grads = [metric[1].sum(0)] if log_std_size else []
+        for i in range(last + 1):
+            if i == last:
+                cotangent = cotangent_out
+            else:
+                cotangent = output_jacobians[i][0] * per_action[0]
+                for a in range(1, per_action.shape[0]):
+                    cotangent.addcmul_(output_jacobians[i][a], per_action[a])
+            grads.append((cotangent.T @ inputs[i]).reshape(-1))
+            grads.append(cotangent.sum(0))
+        return torch.cat(grads) / batch
+
+    return product
 
 
 def _unflatten(actor, flat):
@@ -23,8 +115,7 @@ def _unflatten(actor, flat):
     return tensors
 
 
-def analytic_fisher_vector_product(actor, obs):
-    """Return v -> F v for the actor at its current parameters on observations (B, obs_dim)."""
+def _functional_fisher_vector_product(actor, obs):
     flat = parameters_to_vector(actor.parameters()).detach()
     batch = obs.shape[0]
 
@@ -44,7 +135,7 @@ def analytic_fisher_vector_product(actor, obs):
 
 def hessian_fisher_vector_product(actor, obs):
     """Return v -> F v by differentiating (grad KL) . v a second time."""
-    params = [p for p in actor.parameters()]
+    params = list(actor.parameters())
     with torch.no_grad():
         old_params = actor(obs)
     kl = actor.kl(old_params, actor(obs)).mean()

@@ -34,11 +34,14 @@ class GaussianActor(nn.Module):
 
     def __init__(self, obs_dim, action_dim, hidden_sizes, activation, init_log_std=0.0):
         super().__init__()
-        self.mean = mlp(obs_dim, hidden_sizes, action_dim, activation, out_gain=0.01)
+        self.net = mlp(obs_dim, hidden_sizes, action_dim, activation, out_gain=0.01)  # the mean
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
     def forward(self, obs):
-        mean = self.mean(obs)
+        return self.head(self.net(obs))
+
+    def head(self, mean):
+        """Distribution parameters from the net's output."""
         return mean, self.log_std.expand_as(mean)
 
     sample = staticmethod(D.gaussian_sample)
@@ -63,10 +66,15 @@ class CategoricalActor(nn.Module):
 
     def __init__(self, obs_dim, num_actions, hidden_sizes, activation):
         super().__init__()
-        self.logits = mlp(obs_dim, hidden_sizes, num_actions, activation, out_gain=0.01)
+        self.net = mlp(obs_dim, hidden_sizes, num_actions, activation, out_gain=0.01)  # the logits
 
     def forward(self, obs):
-        return (self.logits(obs),)
+        return self.head(self.net(obs))
+
+    @staticmethod
+    def head(logits):
+        """Distribution parameters from the net's output."""
+        return (logits,)
 
     sample = staticmethod(D.categorical_sample)
     log_prob = staticmethod(D.categorical_log_prob)
