@@ -45,12 +45,13 @@ def _is_plain_mlp_actor(actor):
 
 
 def _mlp_fisher_vector_product(actor, obs):
-    """J^T M J v / B for an MLP actor: J v forward through the layers, J^T u from cached output Jacobians.
+    """J^T M J v / B for an MLP actor, both products taken through cached output Jacobians.
 
-    S_i = d(output) / d(pre-activation of hidden layer i), (A, B, H_i), is computed once per update by
-    back-propagating the identity through the net. With it, J^T u needs no pass through the weights:
-    layer i's weight gradient is (sum_a u_a S_i[a])^T x_i. A call then costs three H x H matrix products
-    per hidden layer (two for J v, one for J^T u) against about six for double back-propagation.
+    S_i = d(output) / d(pre-activation of layer i), (A, B, H_i), is computed once per update by
+    back-propagating the identity through the net. With it neither direction passes through the weights:
+    J v = sum_i S_i (x_i dW_i^T + db_i), and layer i's part of J^T u is (sum_a u_a S_i[a])^T x_i. A call
+    costs two H x H matrix products per hidden layer plus O(A B H) contractions, against about six
+    H x H products for double back-propagation.
     """
     net = actor.net
     linears = list(net)[::2]
@@ -78,17 +79,15 @@ def _mlp_fisher_vector_product(actor, obs):
     def product(vector):
         log_std_piece, net_vector = vector[:log_std_size], vector[log_std_size:]
         pieces = torch.split(net_vector, sizes)
-        # J v, forward through the layers.
-        tangent = None
-        for i, linear in enumerate(linears):
-            z_tangent = torch.addmm(pieces[2 * i + 1], inputs[i], pieces[2 * i].view_as(linear.weight).T)
-            if tangent is not None:
-                z_tangent = z_tangent.addmm_(tangent, linear.weight.T)
-            if i < last:
-                tangent = derivatives[i] * z_tangent
-        tangents = (z_tangent, log_std_piece.expand_as(z_tangent)) if log_std_size else (z_tangent,)
+        # J v: each layer's own pre-activation change, carried to the output by its Jacobian.
+        output_tangent = torch.addmm(pieces[2 * last + 1], inputs[last], pieces[2 * last].view_as(linears[last].weight).T)
+        for i in range(last):
+            own = torch.addmm(pieces[2 * i + 1], inputs[i], pieces[2 * i].view_as(linears[i].weight).T)
+            for a in range(output_tangent.shape[1]):
+                output_tangent[:, a] += (output_jacobians[i][a] * own).sum(-1)
+        tangents = (output_tangent, log_std_piece.expand_as(output_tangent)) if log_std_size else (output_tangent,)
         metric = actor.fisher_product(old_params, tangents)
-        # J^T (M J v), each layer's cotangent straight from the cached Jacobians.
+        # J^T (M J v): each layer's cotangent straight from the same Jacobians.
         cotangent_out = metric[0]
         per_action = cotangent_out.T.unsqueeze(-1)  # (A, B, 1)
         grads = [metric[1].sum(0)] if log_std_size else []

@@ -71,13 +71,12 @@ def policy_step(actor, batch, cfg, generator=None):
     if cfg.normalize_advantages:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     params = list(actor.parameters())
-    with torch.no_grad():
-        old_dist = actor(obs)
-        # Recomputed rather than read from the batch, so the ratio at theta_old is exactly 1.
-        old_log_probs = actor.log_prob(*old_dist, actions)
-        entropy = actor.entropy(*old_dist).mean()
-
-    objective = surrogate(actor, actor(obs), actions, old_log_probs, advantages)
+    dist = actor(obs)
+    old_dist = tuple(p.detach() for p in dist)
+    # Recomputed rather than read from the batch, so the ratio at theta_old is exactly 1.
+    old_log_probs = actor.log_prob(*old_dist, actions)
+    entropy = actor.entropy(*old_dist).mean()
+    objective = surrogate(actor, dist, actions, old_log_probs, advantages)
     gradient = parameters_to_vector(torch.autograd.grad(objective, params))
     direction, fisher_product, residual, iterations = natural_direction(actor, obs, gradient, cfg, generator)
     old_flat = parameters_to_vector(params).detach()
