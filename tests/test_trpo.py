@@ -167,3 +167,27 @@ def test_fvp_subsample_uses_a_share_of_the_batch():
     full = FISHER_VECTOR_PRODUCTS["analytic"](actor, batch.obs)(vector)
     assert torch.allclose(product(vector), expected, atol=1e-13)
     assert not torch.allclose(product(vector), full, atol=1e-6)
+
+
+def test_cli_trpo_hopper_keeps_every_step_inside_the_trust_region(tmp_path):
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "hopper"
+    result = subprocess.run([sys.executable, "-m", "rl.train", "algo=trpo", "env=Hopper-v4", "total_timesteps=20480",
+                             "eval_episodes=2", "progress=false", f"hydra.run.dir={run_dir}"],
+                            cwd=CONFIGS.parents[1], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    kls = [e.value for e in events.Scalars("trpo/kl")]
+    steps = [e.value for e in events.Scalars("trpo/line_search_steps")]
+    assert len(kls) == 20480 // 2048
+    assert all(kl <= 0.01 for kl in kls), kls
+    assert any(s >= 0 for s in steps) and all(kl > 0 for kl, s in zip(kls, steps) if s >= 0)
+    for tag in ("trpo/surrogate_improvement", "trpo/expected_improvement", "trpo/step_norm", "trpo/cg_residual",
+                "trpo/cg_iterations", "losses/value_loss", "losses/entropy", "losses/explained_variance",
+                "charts/episodic_return", "charts/sps", "time/rollout_seconds", "time/update_seconds"):
+        assert events.Scalars(tag), tag
