@@ -262,6 +262,8 @@ def main():
     os.environ["HYDRA_FULL_ERROR"] = "1"
     resume = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("resume=")]
     if resume and resume[-1] not in ("", "null"):
+        if not os.path.isdir(resume[-1]):
+            fail(f"resume={resume[-1]}: no such run directory")
         # A resumed run writes into its own folder, and Hydra adds nothing there.
         sys.argv += [f"hydra.run.dir={resume[-1]}", "hydra.output_subdir=null"]
     try:

@@ -85,6 +85,21 @@ def test_generic_env_runs_any_registered_id(tmp_path):
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").env.id == "Acrobot-v1"
 
 
+def test_user_config_dir_adds_an_env_without_touching_the_package(tmp_path):
+    user_configs = tmp_path / "my_configs" / "env"
+    user_configs.mkdir(parents=True)
+    (user_configs / "MyPole.yaml").write_text("defaults:\n  - common\n  - _self_\n\nid: CartPole-v1\nnum_envs: 2\n")
+    run_dir = tmp_path / "mypole"
+    result = subprocess.run([sys.executable, "-m", "rl.train", "--config-dir", str(tmp_path / "my_configs"),
+                             "env=MyPole", "algo.num_steps=64", "total_timesteps=256", "eval_episodes=1",
+                             "progress=false", f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert config.env.id == "CartPole-v1" and config.env.num_envs == 2
+    assert json.loads((run_dir / "summary.json").read_text())["total_timesteps"] == 256
+
+
 # (overrides, text the one error line must contain)
 BAD_INPUTS = {
     "unknown_env_config": (["env=NoSuchEnv-v0"], ["env", "NoSuchEnv-v0"]),
@@ -100,6 +115,11 @@ BAD_INPUTS = {
                    (["device=tpu"], ["device"])),
     "generic_without_id": (["env=generic"], ["env.id"]),
     "unknown_key": (["nosuchkey=1"], ["nosuchkey"]),
+    "more_minibatches_than_samples": (["algo.num_minibatches=100000"], ["algo.num_minibatches"]),
+    "discount_above_one": (["algo.gamma=1.5"], ["algo.gamma"]),
+    "trpo_zero_max_kl": (["algo=trpo", "algo.max_kl=0"], ["algo.max_kl"]),
+    "trpo_unknown_fvp": (["algo=trpo", "algo.fvp=magic"], ["algo.fvp"]),
+    "resume_missing_run": (["resume=/nonexistent/rl-run"], ["resume", "/nonexistent/rl-run"]),
 }
 
 
