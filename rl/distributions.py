@@ -17,7 +17,7 @@ LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 # Diagonal Gaussian: parameters (mean (B, A), log_std (B, A) or (A,)).
 
 def gaussian_sample(mean, log_std):
-    return mean + log_std.exp() * torch.randn_like(mean)
+    return torch.addcmul(mean, log_std.exp(), torch.randn_like(mean))
 
 
 def gaussian_log_prob(mean, log_std, action):

@@ -1,5 +1,11 @@
-"""Running statistics kept as module buffers, so they are saved with the policy."""
+"""Running statistics kept as module buffers, so they are saved with the policy.
 
+Statistics are updated where acting happens, on the CPU, once per env step. That path works on NumPy views
+of the buffers: a handful of NumPy operations on tiny arrays cost a few microseconds, the same in torch
+several times more. `forward` (torch) serves the learner and `rl.load(...).act`.
+"""
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,19 +20,30 @@ class RunningMeanStd(nn.Module):
         # A tiny prior count keeps the first update from dividing by zero.
         self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
 
-    @torch.no_grad()
+    def numpy_views(self):
+        """(mean, var, count) as NumPy arrays sharing memory with the buffers (which must be on the CPU)."""
+        views = getattr(self, "_views", None)
+        if views is None or views[0].ctypes.data != self.mean.data_ptr():  # buffers were replaced (.to(), ...)
+            views = self._views = (self.mean.numpy(), self.var.numpy(), self.count.numpy())
+        return views
+
     def update(self, batch):
-        """Fold a batch (B, *shape) into the statistics."""
-        batch = batch.to(self.mean.device, torch.float64)
-        batch_count = batch.shape[0]
-        batch_mean = batch.mean(0)
-        batch_var = batch.var(0, unbiased=False) if batch_count > 1 else torch.zeros_like(batch_mean)
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        self.mean += delta * (batch_count / total)
-        m2 = self.var * self.count + batch_var * batch_count + delta.pow(2) * (self.count * batch_count / total)
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
+        """Fold a batch (B, *shape), NumPy or torch, into the statistics."""
+        if torch.is_tensor(batch):
+            batch = batch.detach().to("cpu", torch.float64).numpy()
+        batch = np.asarray(batch, dtype=np.float64)
+        mean, var, count = self.numpy_views()
+        n, prior = batch.shape[0], float(count)
+        if n == 1:  # one env: skip the reductions
+            batch_mean, batch_var = batch[0], 0.0
+        else:
+            batch_mean, batch_var = batch.mean(0), batch.var(0)
+        total = prior + n
+        delta = batch_mean - mean
+        mean += delta * (n / total)
+        var *= prior / total
+        var += batch_var * (n / total) + delta * delta * (prior * n / (total * total))
+        count[...] = total
 
 
 class ObservationNormalizer(nn.Module):
@@ -44,6 +61,13 @@ class ObservationNormalizer(nn.Module):
             return obs
         std = torch.sqrt(self.stats.var + self.epsilon)
         return ((obs - self.stats.mean) / std).clamp(-self.clip, self.clip).to(obs.dtype)
+
+    def normalize_numpy(self, obs):
+        """The same as `forward` for a NumPy batch (CPU buffers), as float32."""
+        if not self.enabled:
+            return np.asarray(obs, dtype=np.float32)
+        mean, var, _ = self.stats.numpy_views()
+        return _clip_inplace((obs - mean) / np.sqrt(var + self.epsilon), self.clip).astype(np.float32)
 
     def update(self, obs):
         if self.enabled:
@@ -65,11 +89,21 @@ class RewardScaler(nn.Module):
         self.epsilon = epsilon
 
     def forward(self, reward, discounted_return, done):
-        """Scale reward (N,); update discounted_return (N,) in place and reset it where done."""
+        """Scale reward (N,); update discounted_return (N,) in place and reset it where done.
+
+        NumPy arrays in and out (float64 `discounted_return`); the result is float32.
+        """
+        reward = np.asarray(reward, dtype=np.float64)
         if not self.enabled:
-            return reward
-        discounted_return.mul_(self.gamma).add_(reward)
+            return reward.astype(np.float32)
+        discounted_return *= self.gamma
+        discounted_return += reward
         self.stats.update(discounted_return)
-        discounted_return.masked_fill_(done, 0.0)
-        scaled = reward / torch.sqrt(self.stats.var + self.epsilon)
-        return scaled.clamp(-self.clip, self.clip).to(reward.dtype)
+        discounted_return[done] = 0.0
+        scaled = reward / np.sqrt(self.stats.numpy_views()[1] + self.epsilon)
+        return _clip_inplace(scaled, self.clip).astype(np.float32)
+
+
+def _clip_inplace(x, bound):
+    # Two ufuncs: np.clip's Python wrapper costs more than the clipping on arrays this small.
+    return np.minimum(np.maximum(x, -bound, out=x), bound, out=x)

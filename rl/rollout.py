@@ -5,6 +5,7 @@ from dataclasses import dataclass, fields
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 from rl.envs import final_observations
 
@@ -24,6 +25,32 @@ class Rollout:
 
     def to(self, device):
         return Rollout(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+
+def _acting_function(actor):
+    """obs (N, obs_dim) -> sampled actions, with as little per-call overhead as the actor allows.
+
+    For our MLP actors the layers are applied with raw torch ops on weights taken once per rollout,
+    skipping nn.Module dispatch; the math is the actor's own forward and sample.
+    """
+    net = getattr(actor, "net", None)
+    activations = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu}
+    layers = list(net) if isinstance(net, nn.Sequential) else []
+    plain = len(layers) % 2 == 1 and all(isinstance(m, nn.Linear) for m in layers[::2]) and all(
+        type(m) in activations for m in layers[1::2])
+    if not plain:
+        return lambda obs: actor.sample(*actor(obs))
+    weights = [(m.bias, m.weight.T) for m in layers[::2]]
+    functions = [activations[type(m)] for m in layers[1::2]]
+
+    def act(obs):
+        h = obs
+        for (bias, weight_t), activation in zip(weights[:-1], functions):
+            h = activation(torch.addmm(bias, h, weight_t))
+        bias, weight_t = weights[-1]
+        return actor.sample(*actor.head(torch.addmm(bias, h, weight_t)))
+
+    return act
 
 
 def gae(rewards, values, next_values, terminated, done, gamma, gae_lambda):
@@ -74,10 +101,14 @@ class Collector:
         )
         self.truncated = torch.zeros(shape, dtype=torch.bool)
         self.final_values = torch.zeros(shape)
+        # NumPy views of the CPU buffers: the per-step writes below are much cheaper through them.
+        self.view = {name: getattr(self.buffer, name).numpy() for name in ("obs", "actions", "rewards", "terminated",
+                                                                              "done")}
+        self.view["truncated"] = self.truncated.numpy()
 
         obs, _ = envs.reset(seed=seed)
         self.obs = obs.reshape(num_envs, obs_dim)
-        self.discounted_return = torch.zeros(num_envs, dtype=torch.float64)
+        self.discounted_return = np.zeros(num_envs)
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
         self.episodes_finished = 0
@@ -86,26 +117,23 @@ class Collector:
     def collect(self):
         """Run `num_steps` steps in every env. Returns (Rollout on the learner's device, finished episodes).
 
-        Finished episodes are a list of (return, length) with raw, unscaled rewards.
+        Finished episodes are a list of (return, length) with raw, unscaled rewards. Per step only the
+        action is computed; values and log-probabilities come afterwards in one batched pass (the policy
+        does not change during a rollout).
         """
-        agent, actor, buf = self.agent, self.agent.actor, self.buffer
+        agent, actor, buf, view = self.agent, self.agent.actor, self.buffer, self.view
+        normalizer = agent.obs_normalizer
         num_envs = self.envs.num_envs
+        act = _acting_function(actor)
         episodes = []
         self.final_values.zero_()
         for t in range(self.num_steps):
-            raw_obs = torch.from_numpy(self.obs).float()
-            agent.obs_normalizer.update(raw_obs)
-            obs = agent.obs_normalizer(raw_obs)
-            params = actor(obs)
-            action = actor.sample(*params)
-            buf.obs[t] = obs
-            buf.actions[t] = action
-            buf.log_probs[t] = actor.log_prob(*params, action)
-            buf.values[t] = agent.critic(obs)
-
-            env_action = action.numpy()
+            normalizer.update(self.obs)
+            view["obs"][t] = normalizer.normalize_numpy(self.obs)
+            action = act(buf.obs[t])
+            view["actions"][t] = env_action = action.numpy()
             if not self.discrete:  # the env gets a clipped action; the buffer keeps the sample
-                env_action = np.clip(env_action, self.action_low, self.action_high)
+                env_action = np.minimum(np.maximum(env_action, self.action_low), self.action_high)
             next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
             done = terminated | truncated
 
@@ -119,19 +147,19 @@ class Collector:
                 self.episodes_finished += int(done.sum())
                 bootstrap = np.flatnonzero(truncated & ~terminated)
                 if bootstrap.size:  # value of the real last state, not of the reset one
-                    final = torch.from_numpy(final_observations(info, bootstrap)).float()
-                    final = agent.obs_normalizer(final.reshape(bootstrap.size, -1))
-                    self.final_values[t, bootstrap] = agent.critic(final)
+                    final = normalizer.normalize_numpy(final_observations(info, bootstrap).reshape(bootstrap.size, -1))
+                    self.final_values[t, bootstrap] = agent.critic(torch.from_numpy(final))
 
-            done_t = torch.from_numpy(done)
-            reward_t = torch.from_numpy(np.asarray(reward, dtype=np.float64))
-            buf.rewards[t] = agent.reward_scaler(reward_t, self.discounted_return, done_t)
-            buf.terminated[t] = torch.from_numpy(terminated)
-            buf.done[t] = done_t
-            self.truncated[t] = torch.from_numpy(truncated & ~terminated)
+            view["rewards"][t] = agent.reward_scaler(reward, self.discounted_return, done)
+            view["terminated"][t] = terminated
+            view["done"][t] = done
+            view["truncated"][t] = truncated & ~terminated
             self.obs = next_obs.reshape(num_envs, -1)
 
-        last_value = agent.critic(agent.obs_normalizer(torch.from_numpy(self.obs).float()))
+        flat_obs = buf.obs.flatten(0, 1)
+        buf.values.copy_(agent.critic(flat_obs).view_as(buf.values))
+        buf.log_probs.copy_(actor.log_prob(*actor(flat_obs), buf.actions.flatten(0, 1)).view_as(buf.log_probs))
+        last_value = agent.critic(torch.from_numpy(normalizer.normalize_numpy(self.obs)))
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_value
         torch.where(self.truncated, self.final_values, buf.next_values, out=buf.next_values)
@@ -142,7 +170,7 @@ class Collector:
         """Start fresh episodes in every env (for a resume where env state could not be saved)."""
         obs, _ = self.envs.reset(seed=seed)
         self.obs = obs.reshape(self.envs.num_envs, -1)
-        self.discounted_return.zero_()
+        self.discounted_return[:] = 0.0
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
 
@@ -150,7 +178,7 @@ class Collector:
         # Tensors, not arrays: checkpoints are read back with weights_only=True.
         return {
             "obs": torch.from_numpy(self.obs.copy()),
-            "discounted_return": self.discounted_return.clone(),
+            "discounted_return": torch.from_numpy(self.discounted_return.copy()),
             "episode_return": torch.from_numpy(self.episode_return.copy()),
             "episode_length": torch.from_numpy(self.episode_length.copy()),
             "episodes_finished": self.episodes_finished,
@@ -158,7 +186,7 @@ class Collector:
 
     def load_state_dict(self, state):
         self.obs = state["obs"].numpy().copy()
-        self.discounted_return = state["discounted_return"].clone()
+        self.discounted_return = state["discounted_return"].numpy().copy()
         self.episode_return = state["episode_return"].numpy().copy()
         self.episode_length = state["episode_length"].numpy().copy()
         self.episodes_finished = int(state["episodes_finished"])

@@ -84,11 +84,11 @@ def test_reward_scaler_matches_hand_loop():
     done[3, 0] = done[7, 1] = done[10, 0] = True
 
     scaler = RewardScaler(gamma, clip)
-    discounted = torch.zeros(2, dtype=torch.float64)
+    discounted = np.zeros(2)
     running = [0.0, 0.0]
     seen = []
     for t in range(12):
-        out = scaler(torch.from_numpy(rewards[t]), discounted, torch.from_numpy(done[t]))
+        out = scaler(rewards[t], discounted, done[t])
         expected = []
         for n in range(2):
             running[n] = gamma * running[n] + rewards[t, n]
@@ -102,5 +102,15 @@ def test_reward_scaler_matches_hand_loop():
         assert discounted.tolist() == pytest.approx(running, abs=1e-12)
 
     disabled = RewardScaler(gamma, enabled=False)
-    r = torch.tensor([3.0, -4.0], dtype=torch.float64)
-    assert torch.equal(disabled(r, torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.bool)), r)
+    r = np.array([3.0, -4.0])
+    assert np.array_equal(disabled(r, np.zeros(2), np.zeros(2, dtype=bool)), r)
+
+
+def test_numpy_normalization_matches_torch_forward():
+    rng = np.random.default_rng(5)
+    normalizer = ObservationNormalizer((4,), clip=1.5)
+    normalizer.update(rng.normal(2.0, 3.0, size=(50, 4)))
+    obs = rng.normal(2.0, 6.0, size=(7, 4))  # some beyond the clip
+    expected = normalizer(torch.from_numpy(obs)).numpy()
+    assert np.abs(expected).max() == pytest.approx(1.5)
+    assert np.allclose(normalizer.normalize_numpy(obs), expected, rtol=1e-6, atol=1e-6)

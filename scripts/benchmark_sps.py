@@ -1,0 +1,182 @@
+"""Training throughput, ours vs Stable-Baselines3 / sb3-contrib, with matched settings, one after another.
+
+    pip install -e ".[bench]"        # stable-baselines3 and sb3-contrib
+    python scripts/benchmark_sps.py --envs Hopper-v4 CartPole-v1 --num-envs 1 8 --steps 50000 --env-only \\
+        --json benchmarks/sps.json
+
+Each measurement runs in its own process. Settings come from our composed config for the (algo, env) pair
+(`configs/`), and the anchors are built with the same values: env, num_envs, rollout length, epochs and
+minibatches (PPO) or CG iterations, damping, max KL, line search and critic updates (TRPO), 64x64 tanh
+actor and critic, observation/reward normalization (VecNormalize) where our config normalizes, device.
+`--env-only` adds the limit: the same sync vector env stepped with random actions, no learning.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FRAMEWORKS = {  # name -> (algo, anchor it is compared with)
+    "rl-ppo": ("ppo", "sb3-ppo"),
+    "rl-trpo": ("trpo", "sb3-trpo"),
+    "sb3-ppo": ("ppo", None),
+    "sb3-trpo": ("trpo", None),
+}
+
+
+def composed_config(algo, env_id, num_envs, steps):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        return compose("config", overrides=[f"algo={algo}", f"env={env_id}", f"env.num_envs={num_envs}",
+                                            f"total_timesteps={steps}"])
+
+
+def run_ours(algo, env_id, num_envs, steps, device):
+    with tempfile.TemporaryDirectory() as run_dir:
+        subprocess.run([sys.executable, "-m", "rl.train", f"algo={algo}", f"env={env_id}",
+                        f"env.num_envs={num_envs}", f"total_timesteps={steps}", f"device={device}",
+                        "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", "progress=false",
+                        f"hydra.run.dir={run_dir}"], cwd=REPO, check=True, capture_output=True)
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    return summary["total_timesteps"], summary["wall_seconds"]
+
+
+def run_sb3(algo, env_id, num_envs, steps, device):
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    cfg = composed_config(algo, env_id, num_envs, steps)
+    a, e = cfg.algo, cfg.env
+    venv = make_vec_env(env_id, n_envs=num_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
+    if e.normalize_observations or e.normalize_rewards:
+        venv = VecNormalize(venv, norm_obs=e.normalize_observations, norm_reward=e.normalize_rewards,
+                            clip_obs=e.clip_observations, clip_reward=e.clip_rewards, gamma=a.gamma)
+    policy_kwargs = dict(net_arch=dict(pi=list(a.actor_hidden_sizes), vf=list(a.critic_hidden_sizes)),
+                         activation_fn=torch.nn.Tanh if a.activation == "tanh" else torch.nn.ReLU,
+                         log_std_init=a.init_log_std)
+    batch = num_envs * a.num_steps
+    common = dict(n_steps=a.num_steps, gamma=a.gamma, gae_lambda=a.gae_lambda, device=device, seed=cfg.seed,
+                  policy_kwargs=policy_kwargs, verbose=0)
+    if algo == "ppo":
+        from stable_baselines3 import PPO
+
+        model = PPO("MlpPolicy", venv, learning_rate=a.learning_rate, n_epochs=a.update_epochs,
+                    batch_size=batch // a.num_minibatches, clip_range=a.clip_coef,
+                    clip_range_vf=a.clip_coef if a.clip_value_loss else None, ent_coef=a.entropy_coef,
+                    vf_coef=a.value_coef, max_grad_norm=a.max_grad_norm, target_kl=a.target_kl, **common)
+    else:
+        from sb3_contrib import TRPO
+
+        model = TRPO("MlpPolicy", venv, learning_rate=a.learning_rate, n_critic_updates=a.vf_iters,
+                     batch_size=batch // a.vf_minibatches, cg_max_steps=a.cg_iters, cg_damping=a.cg_damping,
+                     line_search_shrinking_factor=a.line_search_shrink,
+                     line_search_max_iter=a.line_search_max_steps, target_kl=a.max_kl,
+                     normalize_advantage=a.normalize_advantages, **common)
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    wall = time.perf_counter() - start
+    return model.num_timesteps, wall
+
+
+def run_env_only(env_id, num_envs, steps):
+    import numpy as np
+
+    from rl.envs import make_vector_env
+
+    envs = make_vector_env(env_id, num_envs, "sync")
+    space = envs.action_space
+    rng = np.random.default_rng(0)
+    iterations = steps // num_envs
+    if hasattr(space, "low"):
+        actions = rng.uniform(space.low, space.high, size=(iterations, *space.shape)).astype(space.dtype)
+    else:
+        actions = rng.integers(0, envs.single_action_space.n, size=(iterations, num_envs))
+    envs.reset(seed=0)
+    start = time.perf_counter()
+    for action in actions:
+        envs.step(action)
+    wall = time.perf_counter() - start
+    envs.close()
+    return iterations * num_envs, wall
+
+
+def worker(spec):
+    name, env_id, num_envs, steps, device = spec["framework"], spec["env"], spec["num_envs"], spec["steps"], spec["device"]
+    if name == "env-only":
+        done, wall = run_env_only(env_id, num_envs, steps)
+    elif name.startswith("rl-"):
+        done, wall = run_ours(FRAMEWORKS[name][0], env_id, num_envs, steps, device)
+    else:
+        done, wall = run_sb3(FRAMEWORKS[name][0], env_id, num_envs, steps, device)
+    import torch
+
+    print(json.dumps({**spec, "steps_done": done, "wall_seconds": wall, "sps": done / wall,
+                      "torch_threads": torch.get_num_threads()}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=["Hopper-v4", "CartPole-v1"])
+    parser.add_argument("--num-envs", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=list(FRAMEWORKS))
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--env-only", action="store_true", help="also measure the env-only limit")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker))
+    if any(f.startswith("sb3") for f in args.frameworks):
+        try:
+            import sb3_contrib  # noqa: F401
+            import stable_baselines3  # noqa: F401
+        except ImportError:
+            sys.exit('error: the anchors need stable-baselines3 and sb3-contrib: pip install -e ".[bench]"')
+
+    rows = []
+    for env_id in args.envs:
+        for num_envs in args.num_envs:
+            names = (["env-only"] if args.env_only else []) + args.frameworks
+            for name in names:
+                spec = {"framework": name, "env": env_id, "num_envs": num_envs, "steps": args.steps,
+                        "device": args.device}
+                out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO,
+                                     capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                if out.returncode != 0:
+                    sys.exit(f"error: {name} on {env_id} x{num_envs} failed:\n{out.stderr[-3000:]}")
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"  {name:9s} {env_id} x{num_envs}: {rows[-1]['sps']:.0f} sps", file=sys.stderr, flush=True)
+    print_table(rows)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def print_table(rows):
+    def find(name, env_id, num_envs):
+        return next((r for r in rows if (r["framework"], r["env"], r["num_envs"]) == (name, env_id, num_envs)), None)
+
+    print("| framework | algo | env | num_envs | device | torch threads | steps | wall s | SPS | ratio to anchor "
+          "| share of env-only limit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        algo = FRAMEWORKS.get(r["framework"], ("-", None))[0]
+        anchor_name = FRAMEWORKS.get(r["framework"], (None, None))[1]
+        anchor = find(anchor_name, r["env"], r["num_envs"]) if anchor_name else None
+        limit = find("env-only", r["env"], r["num_envs"])
+        ratio = f"{r['sps'] / anchor['sps']:.2f}x" if anchor else "-"
+        share = f"{100 * r['sps'] / limit['sps']:.0f}%" if limit and r["framework"] != "env-only" else "-"
+        print(f"| {r['framework']} | {algo} | {r['env']} | {r['num_envs']} | {r['device']} | {r['torch_threads']} | "
+              f"{r['steps_done']} | {r['wall_seconds']:.1f} | {r['sps']:.0f} | {ratio} | {share} |")
+
+
+if __name__ == "__main__":
+    main()
