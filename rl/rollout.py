@@ -209,6 +209,13 @@ class Batch:
     def index(self, indices):
         return Batch(**{f.name: getattr(self, f.name)[indices] for f in fields(self)})
 
+    def minibatches(self, order, count):
+        """`count` equal minibatches in the order of `order`: one gather, then slices (views)."""
+        shuffled = self.index(order)
+        size = len(self) // count
+        return [Batch(**{f.name: getattr(shuffled, f.name)[i * size:(i + 1) * size] for f in fields(self)})
+                for i in range(count)]
+
 
 def flatten(rollout, advantages, returns):
     def flat(x):

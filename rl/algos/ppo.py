@@ -32,7 +32,7 @@ def value_loss(values, old_values, returns, clip_coef=None):
 
 def make_optimizers(agent, cfg):
     params = list(agent.actor.parameters()) + list(agent.critic.parameters())
-    return {"agent": torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5)}
+    return {"agent": torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5, foreach=True)}
 
 
 def update(agent, optimizers, batch, cfg, generator):
@@ -40,15 +40,12 @@ def update(agent, optimizers, batch, cfg, generator):
     optimizer = optimizers["agent"]
     params = optimizer.param_groups[0]["params"]
     actor, critic = agent.actor, agent.critic
-    size = len(batch)
-    minibatch_size = size // cfg.num_minibatches
     value_clip = cfg.clip_coef if cfg.clip_value_loss else None
     sums = torch.zeros(6, device=batch.obs.device)  # policy, value, entropy, approx_kl, clipfrac, count
     epochs_run = 0
     for _ in range(cfg.update_epochs):
-        order = torch.randperm(size, device=batch.obs.device, generator=generator)
-        for start in range(0, minibatch_size * cfg.num_minibatches, minibatch_size):
-            mb = batch.index(order[start:start + minibatch_size])
+        order = torch.randperm(len(batch), device=batch.obs.device, generator=generator)
+        for mb in batch.minibatches(order, cfg.num_minibatches):
             advantages = mb.advantages
             if cfg.normalize_advantages:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -61,7 +58,7 @@ def update(agent, optimizers, batch, cfg, generator):
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             optimizer.step()
             sums += torch.stack([pg_loss, v_loss, entropy, approx_kl, clipfrac, torch.ones_like(pg_loss)]).detach()
         epochs_run += 1

@@ -113,19 +113,16 @@ def policy_step(actor, batch, cfg, generator=None):
 
 def fit_value(critic, optimizer, batch, cfg, generator):
     """`vf_iters` epochs of shuffled minibatches of 0.5 * (V(s) - return)^2. Returns the mean loss."""
-    size = len(batch)
-    minibatch_size = size // cfg.vf_minibatches
     total = torch.zeros((), device=batch.obs.device)
     count = 0
     for _ in range(cfg.vf_iters):
-        order = torch.randperm(size, device=batch.obs.device, generator=generator)
-        for start in range(0, minibatch_size * cfg.vf_minibatches, minibatch_size):
-            index = order[start:start + minibatch_size]
-            loss = 0.5 * (critic(batch.obs[index]) - batch.returns[index]).pow(2).mean()
+        order = torch.randperm(len(batch), device=batch.obs.device, generator=generator)
+        for mb in batch.minibatches(order, cfg.vf_minibatches):
+            loss = 0.5 * (critic(mb.obs) - mb.returns).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm, foreach=True)
             optimizer.step()
             total += loss.detach()
             count += 1
@@ -133,7 +130,7 @@ def fit_value(critic, optimizer, batch, cfg, generator):
 
 
 def make_optimizers(agent, cfg):
-    return {"critic": torch.optim.Adam(agent.critic.parameters(), lr=cfg.learning_rate)}
+    return {"critic": torch.optim.Adam(agent.critic.parameters(), lr=cfg.learning_rate, foreach=True)}
 
 
 def update(agent, optimizers, batch, cfg, generator):
