@@ -18,6 +18,6 @@ def load(run_dir, path=None):
     try:
         agent = build_agent(config, env.observation_space, env.action_space)
         agent.load_state_dict(state["agent"])
-        return TrainedPolicy(agent, env.action_space, config)
+        return TrainedPolicy(agent, env.observation_space, env.action_space, config)
     finally:
         env.close()

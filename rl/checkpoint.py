@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "config", "agent", "optimizers", "iteration", "global_step", "rng")
+REQUIRED_KEYS = {"format_version": int, "config": str, "agent": dict, "optimizers": dict, "iteration": int,
+                 "global_step": int, "wall_seconds": float, "rng": dict, "collector": dict,
+                 "env_snapshots": (list, type(None))}
 LATEST = "latest"
 
 
@@ -72,8 +74,8 @@ def load(path):
     except Exception as error:  # truncated zip, foreign pickle, unsafe globals, missing file ...
         reason = " ".join(str(error).split())[:200]
         raise CheckpointError(f"{path}: not a valid rl checkpoint ({type(error).__name__}: {reason})") from None
-    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise CheckpointError(f"{path}: not an rl checkpoint (missing keys)")
+    if not isinstance(state, dict) or any(not isinstance(state.get(key), kind) for key, kind in REQUIRED_KEYS.items()):
+        raise CheckpointError(f"{path}: not an rl checkpoint (missing or mistyped entries)")
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {state['format_version']}, expected {FORMAT_VERSION}")
     return state

@@ -1,11 +1,11 @@
 """Validation of a composed config: every bad value becomes one line naming the key and the value."""
 
+import gymnasium as gym
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from rl.algos import ALGORITHMS
 from rl.envs import check_env_id
-
-ALGORITHMS = ("ppo", "trpo", "npg")
 
 
 class ConfigError(ValueError):
@@ -44,8 +44,16 @@ def _positive_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _non_negative_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _positive(value):
     return _number(value) and value > 0
+
+
+def _boolean(value):
+    return isinstance(value, bool)
 
 
 def _in_unit_interval(value):
@@ -60,16 +68,22 @@ def validate(cfg):
         check_env_id(cfg.env.id)
     except ValueError as error:
         raise ConfigError("env.id", cfg.env.id, f"unknown gymnasium environment ({error})") from None
-    _require(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-             "must be an integer >= 0")
+    _require(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 - 20_000,
+             "must be an integer in [0, 2^32 - 20000)")
     _require(cfg, "total_timesteps", _positive_int, "must be a positive integer")
     _require(cfg, "env.num_envs", _positive_int, "must be a positive integer")
     _require(cfg, "env.vectorization", lambda v: v in ("sync", "async"), "must be sync or async")
     _require(cfg, "env.start_method", lambda v: v in (None, "fork", "spawn", "forkserver"),
              "must be fork, spawn, forkserver or null")
-    _require(cfg, "eval_episodes", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    for key in ("env.normalize_observations", "env.normalize_rewards", "deterministic"):
+        _require(cfg, key, _boolean, "must be true or false")
+    for key in ("env.clip_observations", "env.clip_rewards"):
+        _require(cfg, key, _positive, "must be > 0")
+    _require(cfg, "env.kwargs", lambda v: isinstance(v, DictConfig), "must be a mapping of gymnasium.make arguments")
+    _check_spaces(cfg)
+    _require(cfg, "eval_episodes", _non_negative_int, "must be an integer >= 0")
     _require(cfg, "log_every", _positive_int, "must be a positive integer")
-    _require(cfg, "checkpoint_every", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    _require(cfg, "checkpoint_every", _non_negative_int, "must be an integer >= 0")
     _require(cfg, "checkpoint_keep", _positive_int, "must be a positive integer")
     _require(cfg, "torch_threads", lambda v: v is None or _positive_int(v), "must be a positive integer or null")
     _require(cfg, "stop_after_steps", lambda v: v is None or _positive_int(v), "must be a positive integer or null")
@@ -81,6 +95,8 @@ def validate(cfg):
     _require(cfg, "algo.gamma", lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
     _require(cfg, "algo.gae_lambda", _in_unit_interval, "must be in [0, 1]")
     _require(cfg, "algo.init_log_std", _number, "must be a number")
+    _require(cfg, "algo.normalize_advantages", _boolean, "must be true or false")
+    _require(cfg, "algo.anneal_learning_rate", _boolean, "must be true or false")
     _require(cfg, "algo.activation", lambda v: v in ("tanh", "relu", "elu"), "must be tanh, relu or elu")
     for key in ("algo.actor_hidden_sizes", "algo.critic_hidden_sizes"):
         _require(cfg, key, lambda v: all(_positive_int(w) for w in v), "must be a list of positive integers")
@@ -92,8 +108,9 @@ def validate(cfg):
         _require(cfg, "algo.clip_coef", _positive, "must be > 0")
         _require(cfg, "algo.update_epochs", _positive_int, "must be a positive integer")
         _require(cfg, "algo.num_minibatches",
-                 lambda v: _positive_int(v) and v <= batch_size,
-                 f"must be a positive integer no larger than the batch ({batch_size})")
+                 lambda v: _positive_int(v) and batch_size // v >= 2,
+                 f"must be a positive integer leaving at least 2 samples per minibatch (batch {batch_size})")
+        _require(cfg, "algo.clip_value_loss", _boolean, "must be true or false")
         _require(cfg, "algo.max_grad_norm", _positive, "must be > 0")
         _require(cfg, "algo.entropy_coef", _number, "must be a number")
         _require(cfg, "algo.value_coef", _positive, "must be > 0")
@@ -106,17 +123,36 @@ def validate(cfg):
 def _validate_natural_gradient(cfg, batch_size):
     _require(cfg, "algo.max_kl" if cfg.algo.name == "trpo" else "algo.step_size", _positive, "must be > 0")
     _require(cfg, "algo.cg_iters", _positive_int, "must be a positive integer")
-    _require(cfg, "algo.cg_damping", lambda v: _number(v) and v >= 0, "must be >= 0")
+    _require(cfg, "algo.cg_damping", _positive, "must be > 0 (the Fisher matrix of a batch is often singular)")
     _require(cfg, "algo.cg_tol", lambda v: _number(v) and v >= 0, "must be >= 0")
     _require(cfg, "algo.fvp", lambda v: v in ("analytic", "hessian"), "must be analytic or hessian")
     _require(cfg, "algo.fvp_subsample", lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
     _require(cfg, "algo.vf_iters", _positive_int, "must be a positive integer")
     _require(cfg, "algo.vf_minibatches", lambda v: _positive_int(v) and v <= batch_size,
              f"must be a positive integer no larger than the batch ({batch_size})")
+    _require(cfg, "algo.max_grad_norm", lambda v: v is None or _positive(v), "must be > 0 or null")
     if cfg.algo.name == "trpo":
         _require(cfg, "algo.line_search_max_steps", _positive_int, "must be a positive integer")
         _require(cfg, "algo.line_search_shrink", lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
         _require(cfg, "algo.line_search_accept_ratio", lambda v: _number(v) and v >= 0, "must be >= 0")
+
+
+def _check_spaces(cfg):
+    """Build one env: bad `env.kwargs` and spaces we cannot learn on fail here, in one line."""
+    try:
+        env = gym.make(cfg.env.id, **OmegaConf.to_container(cfg.env.kwargs))
+    except Exception as error:  # anything the env's constructor raises
+        raise ConfigError("env.kwargs", OmegaConf.to_container(cfg.env.kwargs),
+                          f"{cfg.env.id} could not be created ({type(error).__name__}: {error})") from None
+    try:
+        observation_space, action_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise ConfigError("env.id", cfg.env.id, f"observation space {observation_space} is not a Box")
+    if not (isinstance(action_space, gym.spaces.Discrete) or
+            (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1)):
+        raise ConfigError("env.id", cfg.env.id, f"action space {action_space} is neither Discrete nor a 1-D Box")
 
 
 def resolve_device(device):
@@ -125,7 +161,13 @@ def resolve_device(device):
     if device == "cpu":
         return "cpu"
     if isinstance(device, str) and device.startswith("cuda"):
+        try:
+            index = torch.device(device).index or 0
+        except RuntimeError:
+            raise ConfigError("device", device, "must be cpu, cuda, cuda:<index> or auto") from None
         if not torch.cuda.is_available():
             raise ConfigError("device", device, "no CUDA GPU is available here; use device=cpu or device=auto")
+        if index >= torch.cuda.device_count():
+            raise ConfigError("device", device, f"only {torch.cuda.device_count()} CUDA device(s) here")
         return device
     raise ConfigError("device", device, "must be cpu, cuda or auto")

@@ -35,9 +35,10 @@ class Snapshot(gym.Wrapper):
         super().__init__(env)
         self.pending_snapshot = None
         if multiprocessing.parent_process() is not None:
-            # An async worker: Ctrl-C reaches the whole process group, and the parent, not the worker,
-            # decides how to stop (checkpoint first).
+            # An async worker: Ctrl-C or a job scheduler's SIGTERM reaches the whole process group, and the
+            # parent, not the worker, decides how to stop (checkpoint first, then close the workers).
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def get_snapshot(self):
         base = self.env.unwrapped
@@ -77,13 +78,6 @@ def final_observations(info, done_indices):
     """Stack the true last observations of the sub-envs in `done_indices` -> (len, obs_dim)."""
     final = info["final_obs"]
     return np.stack([final[i] for i in done_indices])
-
-
-def action_bounds(action_space):
-    """(low, high) arrays for Box spaces, None for discrete ones."""
-    if isinstance(action_space, gym.spaces.Box):
-        return action_space.low, action_space.high
-    return None
 
 
 def check_env_id(env_id):

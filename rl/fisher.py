@@ -12,17 +12,10 @@ Two exact implementations over the flat vector of `actor.parameters()`:
 """
 
 import torch
-from torch import nn
 from torch.func import functional_call, jvp, vjp
 from torch.nn.utils import parameters_to_vector
 
-# d activation / d pre-activation, from the pre-activation z and the output h.
-ACTIVATION_DERIVATIVES = {
-    nn.Tanh: lambda z, h: 1.0 - h * h,
-    nn.ReLU: lambda z, h: (z > 0).to(z.dtype),
-    nn.ELU: lambda z, h: torch.where(z > 0, torch.ones_like(z), h + 1.0),
-}
-
+from rl.policy import activation_derivative, plain_mlp
 
 def analytic_fisher_vector_product(actor, obs):
     """Return v -> F v for the actor at its current parameters on observations (B, obs_dim)."""
@@ -32,16 +25,12 @@ def analytic_fisher_vector_product(actor, obs):
 
 
 def _is_plain_mlp_actor(actor):
-    net = getattr(actor, "net", None)
-    if not isinstance(net, nn.Sequential):
+    if plain_mlp(getattr(actor, "net", None)) is None:
         return False
-    kinds = [type(m) for m in net]
-    linear_then_activation = all(k is nn.Linear for k in kinds[::2]) and all(
-        k in ACTIVATION_DERIVATIVES for k in kinds[1::2])
     # Besides the net, at most a state-independent log_std (which nn.Module lists first).
     names = [name for name, _ in actor.named_parameters()]
-    expected = [name for name, _ in net.named_parameters(prefix="net")]
-    return linear_then_activation and len(kinds) % 2 == 1 and names in (expected, ["log_std"] + expected)
+    expected = [name for name, _ in actor.net.named_parameters(prefix="net")]
+    return names in (expected, ["log_std"] + expected)
 
 
 def _mlp_fisher_vector_product(actor, obs):
@@ -54,7 +43,7 @@ def _mlp_fisher_vector_product(actor, obs):
     H x H products for double back-propagation.
     """
     net = actor.net
-    linears = list(net)[::2]
+    linears, activations = plain_mlp(net)
     last = len(linears) - 1
     batch = obs.shape[0]
     with torch.no_grad():
@@ -63,9 +52,9 @@ def _mlp_fisher_vector_product(actor, obs):
             inputs.append(h)
             z = linear(h)
             if i < last:
-                h = net[2 * i + 1](z)
-                derivatives.append(ACTIVATION_DERIVATIVES[type(net[2 * i + 1])](z, h))
-        old_params = actor.head(z)
+                h = activations[i](z)
+                derivatives.append(activation_derivative(activations[i], z, h))
+        old_params = tuple(p.clone() for p in actor.head(z))  # no views of parameters
         output_jacobians = [None] * last
         jacobian = linears[last].weight.unsqueeze(1)  # d output / d x_last, (A, 1, H)
         for i in range(last - 1, -1, -1):
@@ -136,7 +125,7 @@ def hessian_fisher_vector_product(actor, obs):
     """Return v -> F v by differentiating (grad KL) . v a second time."""
     params = list(actor.parameters())
     with torch.no_grad():
-        old_params = actor(obs)
+        old_params = tuple(p.clone() for p in actor(obs))  # no views of parameters
     kl = actor.kl(old_params, actor(obs)).mean()
     grad = parameters_to_vector(torch.autograd.grad(kl, params, create_graph=True))
 

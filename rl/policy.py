@@ -13,6 +13,29 @@ from rl.normalize import ObservationNormalizer, RewardScaler
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
+def plain_mlp(net):
+    """(linears, activations) when `net` is an MLP as `mlp` builds it, else None.
+
+    Fast paths (the rollout's acting forward, the analytic Fisher-vector product) use this structure;
+    anything else takes the generic path.
+    """
+    layers = list(net) if isinstance(net, nn.Sequential) else []
+    linears, activations = layers[::2], layers[1::2]
+    if len(layers) % 2 == 0 or any(type(m) is not nn.Linear for m in linears) or any(
+            type(m) not in ACTIVATIONS.values() for m in activations):
+        return None
+    return linears, activations
+
+
+def activation_derivative(activation, z, h):
+    """d activation(z) / dz from the pre-activation z and the output h, for the activations of `mlp`."""
+    if isinstance(activation, nn.Tanh):
+        return 1.0 - h * h
+    if isinstance(activation, nn.ReLU):
+        return (z > 0).to(z.dtype)
+    return torch.where(z > 0, torch.ones_like(z), h + activation.alpha)  # ELU
+
+
 def mlp(in_dim, hidden_sizes, out_dim, activation="tanh", out_gain=1.0):
     """MLP with orthogonal init (gain sqrt(2) on hidden layers, `out_gain` on the last), zero biases."""
     layers, dim = [], in_dim
@@ -145,15 +168,16 @@ def build_agent(cfg, observation_space, action_space):
 class TrainedPolicy:
     """A trained policy for use outside training: NumPy observations in, env-ready actions out."""
 
-    def __init__(self, agent, action_space, config):
+    def __init__(self, agent, observation_space, action_space, config):
         self.agent = agent.eval()
+        self.observation_shape = tuple(observation_space.shape)
         self.action_space = action_space
         self.config = config
 
     def act(self, obs, deterministic=True):
         """Action(s) for one observation (obs_dim,) or a batch (B, obs_dim); Box actions clipped to bounds."""
         obs = np.asarray(obs, dtype=np.float32)
-        single = obs.ndim == len(self.agent.obs_normalizer.stats.mean.shape)
+        single = obs.shape == self.observation_shape
         batch = torch.from_numpy(obs.reshape(1 if single else obs.shape[0], -1))
         action = self.agent.act(batch, deterministic).numpy()
         if isinstance(self.action_space, gym.spaces.Box):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from rl.envs import final_observations
+from rl.policy import plain_mlp
 
 
 @dataclass
@@ -33,15 +34,12 @@ def _acting_function(actor):
     For our MLP actors the layers are applied with raw torch ops on weights taken once per rollout,
     skipping nn.Module dispatch; the math is the actor's own forward and sample.
     """
-    net = getattr(actor, "net", None)
-    activations = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu}
-    layers = list(net) if isinstance(net, nn.Sequential) else []
-    plain = len(layers) % 2 == 1 and all(isinstance(m, nn.Linear) for m in layers[::2]) and all(
-        type(m) in activations for m in layers[1::2])
-    if not plain:
+    structure = plain_mlp(getattr(actor, "net", None))
+    if structure is None:
         return lambda obs: actor.sample(*actor(obs))
-    weights = [(m.bias, m.weight.T) for m in layers[::2]]
-    functions = [activations[type(m)] for m in layers[1::2]]
+    linears, activations = structure
+    weights = [(m.bias, m.weight.T) for m in linears]
+    functions = [{nn.Tanh: torch.tanh, nn.ReLU: torch.relu}.get(type(m), m) for m in activations]
 
     def act(obs):
         h = obs
@@ -99,19 +97,18 @@ class Collector:
             terminated=torch.zeros(shape, dtype=torch.bool, pin_memory=pin),
             done=torch.zeros(shape, dtype=torch.bool, pin_memory=pin),
         )
-        self.truncated = torch.zeros(shape, dtype=torch.bool)
+        self.bootstrap = torch.zeros(shape, dtype=torch.bool)  # truncated and not terminated
         self.final_values = torch.zeros(shape)
         # NumPy views of the CPU buffers: the per-step writes below are much cheaper through them.
         self.view = {name: getattr(self.buffer, name).numpy() for name in ("obs", "actions", "rewards", "terminated",
                                                                               "done")}
-        self.view["truncated"] = self.truncated.numpy()
+        self.view["bootstrap"] = self.bootstrap.numpy()
 
         obs, _ = envs.reset(seed=seed)
         self.obs = obs.reshape(num_envs, obs_dim)
         self.discounted_return = np.zeros(num_envs)
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
-        self.episodes_finished = 0
 
     @torch.no_grad()
     def collect(self):
@@ -144,7 +141,6 @@ class Collector:
                     episodes.append((float(self.episode_return[i]), int(self.episode_length[i])))
                 self.episode_return[done] = 0.0
                 self.episode_length[done] = 0
-                self.episodes_finished += int(done.sum())
                 bootstrap = np.flatnonzero(truncated & ~terminated)
                 if bootstrap.size:  # value of the real last state, not of the reset one
                     final = normalizer.normalize_numpy(final_observations(info, bootstrap).reshape(bootstrap.size, -1))
@@ -153,7 +149,7 @@ class Collector:
             view["rewards"][t] = agent.reward_scaler(reward, self.discounted_return, done)
             view["terminated"][t] = terminated
             view["done"][t] = done
-            view["truncated"][t] = truncated & ~terminated
+            view["bootstrap"][t] = truncated & ~terminated
             self.obs = next_obs.reshape(num_envs, -1)
 
         flat_obs = buf.obs.flatten(0, 1)
@@ -162,7 +158,7 @@ class Collector:
         last_value = agent.critic(torch.from_numpy(normalizer.normalize_numpy(self.obs)))
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_value
-        torch.where(self.truncated, self.final_values, buf.next_values, out=buf.next_values)
+        torch.where(self.bootstrap, self.final_values, buf.next_values, out=buf.next_values)
         rollout = buf if self.device.type == "cpu" else buf.to(self.device)
         return rollout, episodes
 
@@ -181,7 +177,6 @@ class Collector:
             "discounted_return": torch.from_numpy(self.discounted_return.copy()),
             "episode_return": torch.from_numpy(self.episode_return.copy()),
             "episode_length": torch.from_numpy(self.episode_length.copy()),
-            "episodes_finished": self.episodes_finished,
         }
 
     def load_state_dict(self, state):
@@ -189,7 +184,6 @@ class Collector:
         self.discounted_return = state["discounted_return"].numpy().copy()
         self.episode_return = state["episode_return"].numpy().copy()
         self.episode_length = state["episode_length"].numpy().copy()
-        self.episodes_finished = int(state["episodes_finished"])
 
 
 @dataclass

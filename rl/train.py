@@ -7,6 +7,7 @@ collect -> GAE -> update -> log -> checkpoint, then a deterministic evaluation.
 import copy
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rl import checkpoint
-from rl.algos import ppo, trpo
+from rl.algos import ALGORITHMS
 from rl.config import ConfigError, validate
 from rl.envs import get_snapshots, make_vector_env, set_snapshots
 from rl.evaluate import evaluate
@@ -30,10 +31,10 @@ from rl.policy import build_agent
 from rl.rollout import Collector, flatten, gae
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ALGORITHMS = {"ppo": ppo, "trpo": trpo, "npg": trpo}
 # What a resumed run may change; everything else comes from the checkpoint so the run stays the same run.
+# `device` and `torch_threads` may change too (to resume elsewhere), but then the bits are not promised.
 RESUME_OVERRIDABLE = ("total_timesteps", "stop_after_steps", "progress", "checkpoint_every", "checkpoint_keep",
-                      "eval_episodes", "log_every", "resume")
+                      "eval_episodes", "log_every", "device", "torch_threads", "resume")
 
 
 def seed_everything(seed):
@@ -115,7 +116,6 @@ def train(cfg, run_dir, device, resume_state=None):
             "env_snapshots": get_snapshots(envs),
         }
 
-    stopped = None
     try:
         with StopRequest() as stop:
             while iteration < num_iterations and global_step < stop_at and stop.requested is None:
@@ -131,17 +131,16 @@ def train(cfg, run_dir, device, resume_state=None):
                 if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < num_iterations:
                     checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
             stopped = stop.requested or ("stop_after_steps" if iteration < num_iterations else None)
-        checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
-        envs.close()
-        if stopped:
-            print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
-                  f"python -m rl.train resume={run_dir}", flush=True)
-            return None
-
-        returns_eval = []
-        if cfg.eval_episodes > 0:
-            returns_eval = evaluate(acting_agent, env_cfg.id, cfg.eval_episodes, cfg.seed + 10_000, env_kwargs)
-            logger.scalars({"eval/return": float(np.mean(returns_eval))}, global_step)
+            checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
+            envs.close()
+            if stopped:
+                print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
+                      f"python -m rl.train resume={run_dir}", flush=True)
+                return None
+            returns_eval = []
+            if cfg.eval_episodes > 0:
+                returns_eval = evaluate(acting_agent, env_cfg.id, cfg.eval_episodes, cfg.seed + 10_000, env_kwargs)
+                logger.scalars({"eval/return": float(np.mean(returns_eval))}, global_step)
     finally:
         logger.close()
 
@@ -187,6 +186,15 @@ def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent
 
 
 def _restore(state, agent, acting_agent, optimizers, generator, collector, envs, cfg):
+    try:
+        _restore_unchecked(state, agent, acting_agent, optimizers, generator, collector, envs, cfg)
+    except Exception as error:  # a checkpoint whose contents do not fit this run
+        reason = " ".join(str(error).split())[:200]
+        raise checkpoint.CheckpointError(f"{cfg.resume}: checkpoint does not fit this run "
+                                         f"({type(error).__name__}: {reason})") from None
+
+
+def _restore_unchecked(state, agent, acting_agent, optimizers, generator, collector, envs, cfg):
     agent.load_state_dict(state["agent"])
     if acting_agent is not agent:
         acting_agent.load_state_dict(state["agent"])
@@ -242,18 +250,28 @@ def fail(message):
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def _hydra_main(cfg):
+    run_dir = cfg.resume or HydraConfig.get().runtime.output_dir
     resume_state = None
     try:
         if cfg.resume:
             cfg, resume_state = load_resume(cfg)
         device = validate(cfg)
+        summary = train(cfg, run_dir, device, resume_state)
     except (ConfigError, checkpoint.CheckpointError) as error:
+        if not cfg.resume:
+            _remove_hydra_output(run_dir)
         fail(error)
-    run_dir = cfg.resume or HydraConfig.get().runtime.output_dir
-    summary = train(cfg, run_dir, device, resume_state)
     if summary is not None:
         print(f"done: {summary['total_timesteps']} steps in {summary['wall_seconds']:.1f}s ({summary['sps']:.0f} sps), "
               f"eval return {summary['eval_return_mean']} over {summary['eval_episodes']} episodes -> {run_dir}")
+
+
+def _remove_hydra_output(run_dir):
+    """Undo what Hydra wrote for a run that never started: the folder with only .hydra/ in it."""
+    hydra_dir = os.path.join(run_dir, ".hydra")
+    if os.path.isdir(run_dir) and os.listdir(run_dir) == [".hydra"] and set(os.listdir(hydra_dir)) <= {
+            "config.yaml", "hydra.yaml", "overrides.yaml"}:
+        shutil.rmtree(run_dir)
 
 
 def main():
@@ -261,6 +279,10 @@ def main():
     # lines and exits 1. We let them raise so they become one line and exit 2, like our own checks.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     resume = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("resume=")]
+    run_dir = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")]
+    if not resume and run_dir and os.path.exists(checkpoint.checkpoint_dir(run_dir[-1])):
+        # Checked before Hydra writes its .hydra/ files into the folder.
+        fail(f"hydra.run.dir={run_dir[-1]}: already holds a run; continue it with resume=<dir> or choose another folder")
     if resume and resume[-1] not in ("", "null"):
         if not os.path.isdir(resume[-1]):
             fail(f"resume={resume[-1]}: no such run directory")

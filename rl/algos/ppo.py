@@ -31,19 +31,21 @@ def value_loss(values, old_values, returns, clip_coef=None):
 
 
 def make_optimizers(agent, cfg):
-    params = list(agent.actor.parameters()) + list(agent.critic.parameters())
-    return {"agent": torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5, foreach=True)}
+    # Adam is per-parameter, so two optimizers on one summed loss take the same steps as one over both.
+    return {name: torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, eps=1e-5, foreach=True)
+            for name, module in (("actor", agent.actor), ("critic", agent.critic))}
 
 
 def update(agent, optimizers, batch, cfg, generator):
     """Several epochs of shuffled minibatches of the PPO loss. Returns a dict of float metrics."""
-    optimizer = optimizers["agent"]
-    params = optimizer.param_groups[0]["params"]
+    params = [p for optimizer in optimizers.values() for group in optimizer.param_groups for p in group["params"]]
     actor, critic = agent.actor, agent.critic
-    value_clip = cfg.clip_coef if cfg.clip_value_loss else None
+    clip_coef, entropy_coef, value_coef = cfg.clip_coef, cfg.entropy_coef, cfg.value_coef
+    value_clip = clip_coef if cfg.clip_value_loss else None
     sums = torch.zeros(6, device=batch.obs.device)  # policy, value, entropy, approx_kl, clipfrac, count
     epochs_run = 0
     for _ in range(cfg.update_epochs):
+        epoch_kl = torch.zeros((), device=batch.obs.device)
         order = torch.randperm(len(batch), device=batch.obs.device, generator=generator)
         for mb in batch.minibatches(order, cfg.num_minibatches):
             advantages = mb.advantages
@@ -51,19 +53,22 @@ def update(agent, optimizers, batch, cfg, generator):
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
             dist_params = actor(mb.obs)
             pg_loss, approx_kl, clipfrac = policy_loss(actor.log_prob(*dist_params, mb.actions), mb.log_probs,
-                                                       advantages, cfg.clip_coef)
+                                                       advantages, clip_coef)
             entropy = actor.entropy(*dist_params).mean()
             v_loss = value_loss(critic(mb.obs), mb.values, mb.returns, value_clip)
-            loss = pg_loss - cfg.entropy_coef * entropy + cfg.value_coef * v_loss
+            loss = pg_loss - entropy_coef * entropy + value_coef * v_loss
 
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-            optimizer.step()
+            for optimizer in optimizers.values():
+                optimizer.step()
             sums += torch.stack([pg_loss, v_loss, entropy, approx_kl, clipfrac, torch.ones_like(pg_loss)]).detach()
+            epoch_kl += approx_kl.detach()
         epochs_run += 1
-        # The early stop reads approx_kl on the host, so it syncs once per epoch, and only when asked for.
-        if cfg.target_kl is not None and (sums[3] / sums[5]).item() > cfg.target_kl:
+        # The early stop reads this epoch's mean approx_kl on the host: one sync per epoch, only when asked for.
+        if cfg.target_kl is not None and (epoch_kl / cfg.num_minibatches).item() > cfg.target_kl:
             break
 
     explained = explained_variance(batch.values, batch.returns)  # of the critic that collected the data

@@ -8,7 +8,7 @@ The value function is fitted separately with its own Adam optimizer.
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from rl.cg import conjugate_gradient
 from rl.fisher import FISHER_VECTOR_PRODUCTS
@@ -38,6 +38,15 @@ def natural_direction(actor, obs, policy_gradient, cfg, generator=None):
     return direction, fisher_product, residual, iterations
 
 
+@torch.no_grad()
+def assign(actor, flat):
+    """Write a flat vector into the actor's parameters in place (the tensors stay the module's own)."""
+    offset = 0
+    for param in actor.parameters():
+        param.copy_(flat[offset:offset + param.numel()].view_as(param))
+        offset += param.numel()
+
+
 def trust_region_step(direction, fisher_product, max_kl):
     """Scale x so the quadratic model of the KL reaches the boundary: s = sqrt(2 max_kl / x^T F x) x."""
     curvature = direction @ fisher_product(direction)
@@ -54,13 +63,13 @@ def line_search(actor, old_flat, full_step, expected_improvement, evaluate, cfg)
     """
     fraction = 1.0
     for j in range(cfg.line_search_max_steps):
-        vector_to_parameters(old_flat + fraction * full_step, actor.parameters())
+        assign(actor, old_flat + fraction * full_step)
         kl, improvement = (float(t) for t in evaluate())  # one host sync per candidate
         if kl <= cfg.max_kl and improvement > 0 and improvement >= (
                 cfg.line_search_accept_ratio * fraction * expected_improvement):
             return j, kl, improvement
         fraction *= cfg.line_search_shrink
-    vector_to_parameters(old_flat, actor.parameters())
+    assign(actor, old_flat)
     return -1, 0.0, 0.0
 
 
@@ -72,7 +81,8 @@ def policy_step(actor, batch, cfg, generator=None):
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     params = list(actor.parameters())
     dist = actor(obs)
-    old_dist = tuple(p.detach() for p in dist)
+    # Cloned: Gaussian log_std comes out as a view of the parameter, which the line search overwrites.
+    old_dist = tuple(p.detach().clone() for p in dist)
     # Recomputed rather than read from the batch, so the ratio at theta_old is exactly 1.
     old_log_probs = actor.log_prob(*old_dist, actions)
     entropy = actor.entropy(*old_dist).mean()
@@ -90,7 +100,7 @@ def policy_step(actor, batch, cfg, generator=None):
 
     if cfg.name == "npg":
         step = cfg.step_size * direction
-        vector_to_parameters(old_flat + step, actor.parameters())
+        assign(actor, old_flat + step)
         kl, improvement = evaluate()
         steps, expected = 0, gradient @ step
         kl, improvement = float(kl), float(improvement)
@@ -137,7 +147,6 @@ def update(agent, optimizers, batch, cfg, generator):
     metrics = policy_step(agent.actor, batch, cfg, generator)
     metrics["losses/value_loss"] = fit_value(agent.critic, optimizers["critic"], batch, cfg, generator)
     metrics["losses/explained_variance"] = float(explained_variance(batch.values, batch.returns))
-    metrics["losses/approx_kl"] = metrics["trpo/kl"]
     return metrics
 
 
