@@ -5,10 +5,13 @@
         --json benchmarks/sps.json
 
 Each measurement runs in its own process. Settings come from our composed config for the (algo, env) pair
-(`configs/`), and the anchors are built with the same values: env, num_envs, rollout length, epochs and
+(`configs/`), and the anchors are built with the same values: env, num_envs (sync vector envs: DummyVecEnv
+for SB3), torch CPU threads, rollout length, epochs and
 minibatches (PPO) or CG iterations, damping, max KL, line search and critic updates (TRPO), 64x64 tanh
 actor and critic, observation/reward normalization (VecNormalize) where our config normalizes, device.
-`--env-only` adds the limit: the same sync vector env stepped with random actions, no learning.
+`--env-only` adds the limit: the same sync vector env stepped with random actions, no learning. Our wall
+time is the run's (`summary.json`: set-up and the final checkpoint included, evaluation off); SB3's is
+`learn()` alone.
 """
 
 import argparse
@@ -37,19 +40,21 @@ def composed_config(algo, env_id, num_envs, steps):
                                             f"total_timesteps={steps}"])
 
 
-def run_ours(algo, env_id, num_envs, steps, device):
+def run_ours(algo, env_id, num_envs, steps, device, threads):
     with tempfile.TemporaryDirectory() as run_dir:
         subprocess.run([sys.executable, "-m", "rl.train", f"algo={algo}", f"env={env_id}",
                         f"env.num_envs={num_envs}", f"total_timesteps={steps}", f"device={device}",
+                        f"torch_threads={threads}",
                         "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", "progress=false",
                         f"hydra.run.dir={run_dir}"], cwd=REPO, check=True, capture_output=True)
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
     return summary["total_timesteps"], summary["wall_seconds"]
 
 
-def run_sb3(algo, env_id, num_envs, steps, device):
+def run_sb3(algo, env_id, num_envs, steps, device, threads):
     import torch
-    from stable_baselines3.common.env_util import make_vec_env
+
+    torch.set_num_threads(threads)    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     cfg = composed_config(algo, env_id, num_envs, steps)
@@ -108,17 +113,15 @@ def run_env_only(env_id, num_envs, steps):
 
 
 def worker(spec):
-    name, env_id, num_envs, steps, device = spec["framework"], spec["env"], spec["num_envs"], spec["steps"], spec["device"]
+    name, env_id, num_envs, steps = spec["framework"], spec["env"], spec["num_envs"], spec["steps"]
+    device, threads = spec["device"], spec["torch_threads"]
     if name == "env-only":
         done, wall = run_env_only(env_id, num_envs, steps)
     elif name.startswith("rl-"):
-        done, wall = run_ours(FRAMEWORKS[name][0], env_id, num_envs, steps, device)
+        done, wall = run_ours(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads)
     else:
-        done, wall = run_sb3(FRAMEWORKS[name][0], env_id, num_envs, steps, device)
-    import torch
-
-    print(json.dumps({**spec, "steps_done": done, "wall_seconds": wall, "sps": done / wall,
-                      "torch_threads": torch.get_num_threads()}))
+        done, wall = run_sb3(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads)
+    print(json.dumps({**spec, "steps_done": done, "wall_seconds": wall, "sps": done / wall}))
 
 
 def main():
@@ -128,6 +131,7 @@ def main():
     parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=list(FRAMEWORKS))
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same for every framework")
     parser.add_argument("--env-only", action="store_true", help="also measure the env-only limit")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -147,7 +151,7 @@ def main():
             names = (["env-only"] if args.env_only else []) + args.frameworks
             for name in names:
                 spec = {"framework": name, "env": env_id, "num_envs": num_envs, "steps": args.steps,
-                        "device": args.device}
+                        "device": args.device, "torch_threads": args.threads}
                 out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO,
                                      capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
                 if out.returncode != 0:

@@ -120,6 +120,13 @@ BAD_INPUTS = {
     "trpo_zero_max_kl": (["algo=trpo", "algo.max_kl=0"], ["algo.max_kl"]),
     "trpo_unknown_fvp": (["algo=trpo", "algo.fvp=magic"], ["algo.fvp"]),
     "resume_missing_run": (["resume=/nonexistent/rl-run"], ["resume", "/nonexistent/rl-run"]),
+    "seed_too_large": (["seed=5000000000"], ["seed"]),
+    "non_positive_observation_clip": (["env.clip_observations=0"], ["env.clip_observations"]),
+    "unsupported_observation_space": (["env=generic", "env.id=Blackjack-v1"], ["env.id", "Blackjack-v1"]),
+    "bad_env_kwargs": (["env=generic", "env.id=CartPole-v1", "+env.kwargs.nosuch=1"], ["env.kwargs"]),
+    "npg_zero_damping": (["algo=npg", "algo.cg_damping=0"], ["algo.cg_damping"]),
+    "one_sample_minibatches": (["algo.num_minibatches=256"], ["algo.num_minibatches"]),
+    "non_boolean_flag": (["env.normalize_observations=maybe"], ["env.normalize_observations"]),
 }
 
 
@@ -144,11 +151,23 @@ def bad_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_exits_2_with_one_line_naming_the_key(bad_runs, name):
+def test_bad_input_exits_2_with_one_line_naming_the_key(bad_runs, name, tmp_path_factory):
     returncode, stdout, stderr = bad_runs[name]
+    run_dir = tmp_path_factory.getbasetemp() / "bad0" / name
+    assert not run_dir.exists() or name == "resume_missing_run", "a refused run left a folder behind"
     assert returncode == 2, (stdout, stderr)
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     for text in BAD_INPUTS[name][1]:
         assert text in lines[0], lines[0]
+
+
+def test_new_run_into_an_existing_run_folder_is_refused_without_touching_it(tmp_path):
+    run_dir = tmp_path / "taken"
+    run_train(run_dir, "total_timesteps=256", "eval_episodes=0")
+    config_before = (run_dir / ".hydra" / "config.yaml").read_bytes()
+    result = subprocess.run(command(run_dir, "total_timesteps=512", "seed=9"), cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == config_before

@@ -81,3 +81,17 @@ def test_fvp_does_not_change_the_actor():
     obs = torch.randn(16, 5, dtype=torch.float64)
     FISHER_VECTOR_PRODUCTS["analytic"](actor, obs)(torch.ones_like(before))
     assert torch.equal(parameters_to_vector(actor.parameters()), before)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+def test_generic_path_for_other_actors_matches_dense_hessian(kind):
+    # An activation outside `mlp`'s set sends the actor down the torch.func jvp/vjp path.
+    actor = tiny_actor(kind, seed=11)
+    actor.net[1] = torch.nn.Softplus()
+    from rl.fisher import _is_plain_mlp_actor
+
+    assert not _is_plain_mlp_actor(actor)
+    obs = torch.randn(40, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    hessian = dense_kl_hessian(actor, kind, obs)
+    v = torch.randn(hessian.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(13))
+    assert torch.allclose(FISHER_VECTOR_PRODUCTS["analytic"](actor, obs)(v), hessian @ v, rtol=1e-9, atol=1e-11)

@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+pytestmark = pytest.mark.slow  # minutes of training; README's test command runs them, -m "not slow" skips them
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -114,3 +114,24 @@ def test_loaded_policy_reproduces_the_recorded_evaluation(finished_run):
         returns.append(total)
     assert np.mean(returns) == summary["eval_return_mean"]
     assert np.std(returns) == pytest.approx(summary["eval_return_std"], abs=1e-12)
+
+
+def test_checkpoint_with_the_right_keys_but_another_model_is_refused(finished_run, tmp_path):
+    run_dir = tmp_path / "mismatch"
+    shutil.copytree(finished_run, run_dir)
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(latest, weights_only=True)
+    state["agent"] = {"actor.net.0.weight": torch.zeros(7, 7)}  # another architecture
+    torch.save(state, latest)
+    assert "does not fit" in _resume_refused(run_dir)
+
+
+def test_only_the_newest_checkpoints_are_kept_and_latest_names_the_last(tmp_path):
+    run_dir = tmp_path / "keep"
+    results = run_all({"keep": (run_dir, ["total_timesteps=5120", "checkpoint_every=2", "checkpoint_keep=3",
+                                          "eval_episodes=0"])})
+    assert results["keep"][0] == 0, results["keep"][2]
+    files = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))
+    assert files == ["step_000000004096.pt", "step_000000004608.pt", "step_000000005120.pt"]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000000005120.pt"
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
