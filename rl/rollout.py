@@ -25,6 +25,8 @@ class Rollout:
     done: torch.Tensor  # (T, N) bool: terminated or truncated, the episode stops here
 
     def to(self, device):
+        # Non-blocking copies out of pinned memory: safe because every update ends in a host read of its
+        # metrics (a sync) before the next rollout writes into the same pinned buffers.
         return Rollout(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
 
