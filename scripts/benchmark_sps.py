@@ -54,7 +54,8 @@ def run_ours(algo, env_id, num_envs, steps, device, threads):
 def run_sb3(algo, env_id, num_envs, steps, device, threads):
     import torch
 
-    torch.set_num_threads(threads)    from stable_baselines3.common.env_util import make_vec_env
+    torch.set_num_threads(threads)
+    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     cfg = composed_config(algo, env_id, num_envs, steps)
