@@ -17,6 +17,7 @@ from torch.nn.utils import parameters_to_vector
 
 from rl.policy import activation_derivative, plain_mlp
 
+
 def analytic_fisher_vector_product(actor, obs):
     """Return v -> F v for the actor at its current parameters on observations (B, obs_dim)."""
     if _is_plain_mlp_actor(actor):

@@ -3,8 +3,8 @@ Hessian of the KL at old == new (float64 autograd)."""
 
 import pytest
 import torch
-from torch.distributions import Categorical, Independent, Normal, kl_divergence
 from torch.autograd.functional import hessian
+from torch.distributions import Categorical, Independent, Normal, kl_divergence
 
 from rl import distributions as D
 

@@ -6,11 +6,11 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
-from tests.conftest import COUNTER_ID, EPISODES_PER_SEED, MAX_EPISODE_STEPS, termination_step
 
 from rl.envs import make_vector_env
 from rl.policy import Agent
 from rl.rollout import Collector, Rollout, gae
+from tests.conftest import COUNTER_ID, EPISODES_PER_SEED, MAX_EPISODE_STEPS, termination_step
 
 NUM_ENVS, NUM_STEPS, NUM_ROLLOUTS, SEED = 3, 5, 3, 0
 GAMMA, GAE_LAMBDA = 0.9, 0.8

@@ -26,7 +26,7 @@ def natural_direction(actor, obs, policy_gradient, cfg, generator=None):
     `fisher_product` is the undamped v -> F v (on the `fvp_subsample` share of `obs`), for scaling the step.
     """
     if cfg.fvp_subsample < 1.0:
-        count = max(1, int(round(cfg.fvp_subsample * obs.shape[0])))
+        count = max(1, round(cfg.fvp_subsample * obs.shape[0]))
         obs = obs[torch.randperm(obs.shape[0], device=obs.device, generator=generator)[:count]]
     fisher_product = FISHER_VECTOR_PRODUCTS[cfg.fvp](actor, obs)
     damping = cfg.cg_damping

@@ -13,8 +13,15 @@ import pytest
 import torch
 
 import rl
-from tests.reproducibility.runs import (final_parameters, finish, folder_digest, launch, run_all,
-                                        same_parameters, scalars)
+from tests.reproducibility.runs import (
+    final_parameters,
+    finish,
+    folder_digest,
+    launch,
+    run_all,
+    same_parameters,
+    scalars,
+)
 
 TOTAL = 30720  # 120 PPO iterations on CartPole: long enough to interrupt mid-run
 

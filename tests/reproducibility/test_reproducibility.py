@@ -8,8 +8,7 @@
 
 import pytest
 
-from tests.reproducibility.runs import (BUDGET, ITERATION, final_parameters, run_all, same_parameters,
-                                        scalars)
+from tests.reproducibility.runs import BUDGET, ITERATION, final_parameters, run_all, same_parameters, scalars
 
 ALGOS = ("ppo", "trpo", "npg")
 
