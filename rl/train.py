@@ -121,7 +121,7 @@ def train(cfg, run_dir, device, resume_state=None):
             while iteration < num_iterations and global_step < stop_at and stop.requested is None:
                 iteration += 1
                 metrics = _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers,
-                                   generator, collector, logger)
+                                   generator, collector)
                 global_step += batch_size
                 logger.episodes(metrics.pop("episodes"), global_step)
                 sps = global_step / (elapsed_before + time.perf_counter() - start_time)
@@ -161,7 +161,7 @@ def train(cfg, run_dir, device, resume_state=None):
 
 
 def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers, generator,
-             collector, logger):
+             collector):
     """One iteration: anneal, collect, GAE, update. Returns its metrics (with the finished episodes)."""
     if algo_cfg.get("anneal_learning_rate", False):
         fraction_left = 1.0 - (iteration - 1) / num_iterations

@@ -125,10 +125,12 @@ def fit_value(critic, optimizer, batch, cfg, generator):
     """`vf_iters` epochs of shuffled minibatches of 0.5 * (V(s) - return)^2. Returns the mean loss."""
     total = torch.zeros((), device=batch.obs.device)
     count = 0
+    size = len(batch) // cfg.vf_minibatches
     for _ in range(cfg.vf_iters):
         order = torch.randperm(len(batch), device=batch.obs.device, generator=generator)
-        for mb in batch.minibatches(order, cfg.vf_minibatches):
-            loss = 0.5 * (critic(mb.obs) - mb.returns).pow(2).mean()
+        obs, returns = batch.obs[order], batch.returns[order]  # only what the value loss reads
+        for start in range(0, size * cfg.vf_minibatches, size):
+            loss = 0.5 * (critic(obs[start:start + size]) - returns[start:start + size]).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm is not None:
