@@ -10,11 +10,12 @@ import random
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REQUIRED_KEYS = {"format_version": int, "config": str, "agent": dict, "optimizers": dict, "iteration": int,
                  "global_step": int, "wall_seconds": float, "rng": dict, "collector": dict,
-                 "env_snapshots": (list, type(None))}
+                 "env_snapshots": (list, type(None)), "best_eval": dict, "recent_returns": torch.Tensor}
 LATEST = "latest"
+BEST = "best.pt"
 
 
 class CheckpointError(Exception):
@@ -37,6 +38,15 @@ def save(run_dir, state, step, keep):
     for old in sorted(n for n in os.listdir(directory) if n.startswith("step_") and n.endswith(".pt"))[:-keep]:
         if old != name:
             os.remove(os.path.join(directory, old))
+    return path
+
+
+def save_best(run_dir, state):
+    """Write `state` as checkpoints/best.pt (the best evaluation so far); `latest` never names it."""
+    directory = checkpoint_dir(run_dir)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, BEST)
+    _write_atomically(path, lambda f: torch.save(state, f))
     return path
 
 

@@ -82,6 +82,7 @@ def validate(cfg):
     _require(cfg, "env.kwargs", lambda v: isinstance(v, DictConfig), "must be a mapping of gymnasium.make arguments")
     _check_spaces(cfg)
     _require(cfg, "eval_episodes", _non_negative_int, "must be an integer >= 0")
+    _require(cfg, "eval_every", _non_negative_int, "must be an integer >= 0")
     _require(cfg, "log_every", _positive_int, "must be a positive integer")
     _require(cfg, "checkpoint_every", _non_negative_int, "must be an integer >= 0")
     _require(cfg, "checkpoint_keep", _positive_int, "must be a positive integer")
@@ -97,6 +98,7 @@ def validate(cfg):
     _require(cfg, "algo.init_log_std", _number, "must be a number")
     _require(cfg, "algo.normalize_advantages", _boolean, "must be true or false")
     _require(cfg, "algo.anneal_learning_rate", _boolean, "must be true or false")
+    _require(cfg, "algo.orthogonal_init", _boolean, "must be true or false")
     _require(cfg, "algo.activation", lambda v: v in ("tanh", "relu", "elu"), "must be tanh, relu or elu")
     for key in ("algo.actor_hidden_sizes", "algo.critic_hidden_sizes"):
         _require(cfg, key, lambda v: all(_positive_int(w) for w in v), "must be a list of positive integers")
@@ -135,6 +137,7 @@ def _validate_natural_gradient(cfg, batch_size):
         _require(cfg, "algo.line_search_max_steps", _positive_int, "must be a positive integer")
         _require(cfg, "algo.line_search_shrink", lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
         _require(cfg, "algo.line_search_accept_ratio", lambda v: _number(v) and v >= 0, "must be >= 0")
+        _require(cfg, "algo.step_curvature", lambda v: v in ("undamped", "damped"), "must be undamped or damped")
 
 
 def _check_spaces(cfg):

@@ -133,7 +133,7 @@ class Agent(nn.Module):
 
     def __init__(self, observation_space, action_space, actor_hidden_sizes=(64, 64), critic_hidden_sizes=(64, 64),
                  activation="tanh", init_log_std=0.0, normalize_observations=False, normalize_rewards=False,
-                 clip_observations=10.0, clip_rewards=10.0, gamma=0.99):
+                 clip_observations=10.0, clip_rewards=10.0, gamma=0.99, orthogonal_init=True):
         super().__init__()
         obs_dim = int(math.prod(observation_space.shape))
         if isinstance(action_space, gym.spaces.Box):
@@ -144,6 +144,10 @@ class Agent(nn.Module):
         else:
             raise ValueError(f"unsupported action space {action_space}")
         self.critic = Critic(obs_dim, critic_hidden_sizes, activation)
+        if not orthogonal_init:  # PyTorch's default Linear init instead (SB3's ortho_init=False)
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    module.reset_parameters()
         self.obs_normalizer = ObservationNormalizer((obs_dim,), clip_observations, normalize_observations)
         self.reward_scaler = RewardScaler(gamma, clip_rewards, normalize_rewards)
 
@@ -162,7 +166,7 @@ def build_agent(cfg, observation_space, action_space):
                  critic_hidden_sizes=list(algo.critic_hidden_sizes), activation=algo.activation,
                  init_log_std=algo.init_log_std, normalize_observations=env.normalize_observations,
                  normalize_rewards=env.normalize_rewards, clip_observations=env.clip_observations,
-                 clip_rewards=env.clip_rewards, gamma=algo.gamma)
+                 clip_rewards=env.clip_rewards, gamma=algo.gamma, orthogonal_init=algo.orthogonal_init)
 
 
 class TrainedPolicy:

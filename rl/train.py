@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import hydra
@@ -31,10 +32,13 @@ from rl.policy import build_agent
 from rl.rollout import Collector, flatten, gae
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Evaluation sub-env i is seeded seed + EVAL_SEED_OFFSET + i: every evaluation point sees the same episodes'
+# starts, and none of them is a training sub-env's.
+EVAL_SEED_OFFSET = 10_000
 # What a resumed run may change; everything else comes from the checkpoint so the run stays the same run.
 # `device` and `torch_threads` may change too (to resume elsewhere), but then the bits are not promised.
 RESUME_OVERRIDABLE = ("total_timesteps", "stop_after_steps", "progress", "checkpoint_every", "checkpoint_keep",
-                      "eval_episodes", "log_every", "device", "torch_threads", "resume")
+                      "eval_episodes", "eval_every", "log_every", "device", "torch_threads", "resume")
 
 
 def seed_everything(seed):
@@ -101,6 +105,9 @@ def train(cfg, run_dir, device, resume_state=None):
     logger = Logger(run_dir, OmegaConf.to_yaml(cfg), _hparams(cfg), total_steps, cfg.progress,
                     start_step=global_step, resumed=resume_state is not None)
     stop_at = cfg.stop_after_steps if cfg.stop_after_steps is not None else total_steps
+    best = dict(resume_state["best_eval"]) if resume_state is not None else {"return": None, "step": None}
+    recent_returns = deque(resume_state["recent_returns"].tolist() if resume_state is not None else [], maxlen=100)
+    evaluation = None  # (returns, lengths) of the latest evaluation point
 
     def state():
         return {
@@ -114,6 +121,8 @@ def train(cfg, run_dir, device, resume_state=None):
             "rng": checkpoint.rng_state(generator),
             "collector": collector.state_dict(),
             "env_snapshots": get_snapshots(envs),
+            "best_eval": dict(best),
+            "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
         }
 
     try:
@@ -123,10 +132,21 @@ def train(cfg, run_dir, device, resume_state=None):
                 metrics = _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers,
                                    generator, collector)
                 global_step += batch_size
-                logger.episodes(metrics.pop("episodes"), global_step)
+                episodes = metrics.pop("episodes")
+                recent_returns.extend(episode_return for episode_return, _ in episodes)
+                logger.episodes(episodes, global_step)
                 sps = global_step / (elapsed_before + time.perf_counter() - start_time)
                 if iteration % cfg.log_every == 0 or iteration == num_iterations:
                     logger.scalars({**metrics, "charts/sps": sps}, global_step)
+                if cfg.eval_episodes > 0 and (iteration == num_iterations or (
+                        cfg.eval_every and iteration % cfg.eval_every == 0)):
+                    evaluation = evaluate(acting_agent, env_cfg.id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
+                                          env_kwargs)
+                    mean, std = float(np.mean(evaluation[0])), float(np.std(evaluation[0]))
+                    logger.scalars({"eval/return": mean, "eval/return_std": std}, global_step)
+                    if best["return"] is None or mean > best["return"]:
+                        best.update({"return": mean, "step": global_step})
+                        checkpoint.save_best(run_dir, state())
                 logger.progress(global_step, sps)
                 if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < num_iterations:
                     checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
@@ -137,14 +157,11 @@ def train(cfg, run_dir, device, resume_state=None):
                 print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
                       f"python -m rl.train resume={run_dir}", flush=True)
                 return None
-            returns_eval = []
-            if cfg.eval_episodes > 0:
-                returns_eval = evaluate(acting_agent, env_cfg.id, cfg.eval_episodes, cfg.seed + 10_000, env_kwargs)
-                logger.scalars({"eval/return": float(np.mean(returns_eval))}, global_step)
     finally:
         logger.close()
 
     wall = elapsed_before + time.perf_counter() - start_time
+    returns_eval = evaluation[0] if evaluation is not None else []
     summary = {
         "env": env_cfg.id,
         "algo": algo_cfg.name,
@@ -155,6 +172,9 @@ def train(cfg, run_dir, device, resume_state=None):
         "eval_return_mean": float(np.mean(returns_eval)) if returns_eval else None,
         "eval_return_std": float(np.std(returns_eval)) if returns_eval else None,
         "eval_episodes": len(returns_eval),
+        "best_eval_return_mean": best["return"],
+        "best_eval_step": best["step"],
+        "train_return_mean_last100": float(np.mean(recent_returns)) if recent_returns else None,
     }
     write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary

@@ -73,6 +73,12 @@ def test_direction_matches_dense_solve_and_full_step_reaches_max_kl(kind):
 
     step = trpo.trust_region_step(direction, fisher_product, cfg.max_kl)
     assert torch.isclose(step @ hessian @ step / 2, torch.tensor(cfg.max_kl, dtype=torch.float64), rtol=1e-9)
+    # step_curvature=damped: the boundary of the damped model, a shorter step in the same direction.
+    damped = trpo.trust_region_step(direction, fisher_product, cfg.max_kl, cfg.cg_damping)
+    damped_hessian = hessian + cfg.cg_damping * torch.eye(n, dtype=torch.float64)
+    assert torch.isclose(damped @ damped_hessian @ damped / 2, torch.tensor(cfg.max_kl, dtype=torch.float64),
+                         rtol=1e-9)
+    assert damped.norm() < step.norm() and torch.allclose(damped / damped.norm(), step / step.norm())
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])

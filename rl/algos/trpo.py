@@ -47,9 +47,13 @@ def assign(actor, flat):
         offset += param.numel()
 
 
-def trust_region_step(direction, fisher_product, max_kl):
-    """Scale x so the quadratic model of the KL reaches the boundary: s = sqrt(2 max_kl / x^T F x) x."""
-    curvature = direction @ fisher_product(direction)
+def trust_region_step(direction, fisher_product, max_kl, damping=0.0):
+    """Scale x so the quadratic model of the KL reaches the boundary: s = sqrt(2 max_kl / x^T (F + d I) x) x.
+
+    With `damping` d = 0 (the textbook TRPO) the model is the KL's own; sb3-contrib sizes the step with the
+    damped matrix CG solved against, a shorter step that overshoots the boundary less often.
+    """
+    curvature = direction @ fisher_product(direction) + damping * (direction @ direction)
     return torch.sqrt(2.0 * max_kl / curvature.clamp_min(1e-12)) * direction
 
 
@@ -105,7 +109,8 @@ def policy_step(actor, batch, cfg, generator=None):
         steps, expected = 0, gradient @ step
         kl, improvement = float(kl), float(improvement)
     else:
-        step = trust_region_step(direction, fisher_product, cfg.max_kl)
+        damping = cfg.cg_damping if cfg.step_curvature == "damped" else 0.0
+        step = trust_region_step(direction, fisher_product, cfg.max_kl, damping)
         expected = gradient @ step
         steps, kl, improvement = line_search(actor, old_flat, step, float(expected), evaluate, cfg)
     return {

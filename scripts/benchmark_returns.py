@@ -1,0 +1,193 @@
+"""Returns at a fixed budget over seeds: run a matrix of (env, algo, seed), keep compact results.
+
+    python scripts/benchmark_returns.py --envs Hopper-v4 --algos trpo ppo --seeds 1 2 3 4 5
+    python scripts/benchmark_returns.py --envs Hopper-v4 --algos trpo --seeds 1 2 3 \\
+        --name kl03 algo.max_kl=0.03                      # a named cell: extra overrides for every run
+    python scripts/benchmark_returns.py --matrix benchmarks/hopper_study.json   # many cells, one queue
+
+Each run is `python -m rl.train algo=<algo> env=<env> seed=<k> [overrides]` with the shipped configs, in
+its own run folder under `--runs-dir` (not committed). Algos `sb3-ppo` and `sb3-trpo` run
+Stable-Baselines3 / sb3-contrib with the RL Baselines3 Zoo recipe (scripts/sb3_baseline.py), evaluated the
+same way. What is kept, under `--out`:
+
+    <out>/<env>/<cell>/seed<k>/summary.json   the run's summary.json, plus the mean of its last 5
+                                              evaluation points and the command that made it
+    <out>/<env>/<cell>/seed<k>/curve.csv      step, train_return, eval_return, eval_return_std per iteration
+    <out>/<env>/<cell>/seed<k>/config.yaml    the run's resolved config (rl runs)
+
+<cell> is the algo, or `<algo>-<name>` for a named cell. Runs whose result folder already holds a
+summary.json are skipped, and a run stopped midway resumes from its checkpoint (MuJoCo episodes restart
+there), so the runner can be stopped and started again. `--parallel` runs go at once (default: the cores).
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SB3_ALGOS = ("sb3-ppo", "sb3-trpo")
+CSV_COLUMNS = ("step", "train_return", "eval_return", "eval_return_std")
+
+
+def cell_name(algo, name=None):
+    return f"{algo}-{name}" if name else algo
+
+
+def jobs_from_matrix(matrix):
+    """[{env, algo, name, overrides, seed}] from {"seeds": [...], "cells": [{env, algo, name?, overrides?, seeds?}]}."""
+    jobs = []
+    cells = matrix["cells"]
+    seeds = sorted({seed for cell in cells for seed in cell.get("seeds", matrix.get("seeds", []))})
+    for seed in seeds:  # seed-major: every cell's first seed finishes before any cell's second
+        for cell in cells:
+            if seed in cell.get("seeds", matrix.get("seeds", [])):
+                jobs.append({"env": cell["env"], "algo": cell["algo"], "name": cell.get("name"),
+                             "overrides": list(cell.get("overrides", [])) + list(matrix.get("overrides", [])),
+                             "seed": seed})
+    return jobs
+
+
+def command(job, run_dir):
+    if job["algo"] in SB3_ALGOS:
+        return [sys.executable, str(REPO / "scripts" / "sb3_baseline.py"), f"--algo={job['algo'][4:]}",
+                f"--env={job['env']}", f"--seed={job['seed']}", f"--out={run_dir}", *job["overrides"]]
+    if (Path(run_dir) / "checkpoints" / "latest").exists():
+        return [sys.executable, "-m", "rl.train", f"resume={run_dir}", "progress=false"]
+    return [sys.executable, "-m", "rl.train", f"algo={job['algo']}", f"env={job['env']}", f"seed={job['seed']}",
+            *job["overrides"], "progress=false", f"hydra.run.dir={run_dir}"]
+
+
+def curve_from_tensorboard(run_dir):
+    """Rows of CSV_COLUMNS from a run's TensorBoard events: per logged step, the mean return of the training
+    episodes that ended there, and the evaluation at that step if there was one."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    train = defaultdict(list)
+    for event in events.Scalars("charts/episodic_return") if "charts/episodic_return" in tags else []:
+        train[event.step].append(event.value)
+    evaluation = {e.step: e.value for e in events.Scalars("eval/return")} if "eval/return" in tags else {}
+    spread = {e.step: e.value for e in events.Scalars("eval/return_std")} if "eval/return_std" in tags else {}
+    rows = []
+    for step in sorted(set(train) | set(evaluation)):
+        rows.append({"step": step,
+                     "train_return": sum(train[step]) / len(train[step]) if train.get(step) else "",
+                     "eval_return": evaluation.get(step, ""), "eval_return_std": spread.get(step, "")})
+    return rows
+
+
+def write_curve(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _compact(row[key]) for key in CSV_COLUMNS})
+
+
+def _compact(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def read_curve(path):
+    """CSV rows as dicts of floats (None where a column is empty)."""
+    with open(path, newline="") as f:
+        return [{key: (float(value) if value != "" else None) for key, value in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def collect_result(job, run_dir, result_dir, cmd, resumed):
+    """Copy what the page needs out of a finished run folder."""
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    curve_path = Path(run_dir) / "curve.csv"
+    rows = read_curve(curve_path) if job["algo"] in SB3_ALGOS else curve_from_tensorboard(run_dir)
+    evaluations = [row["eval_return"] for row in rows if row["eval_return"] not in (None, "")]
+    summary["eval_return_last5_mean"] = sum(evaluations[-5:]) / len(evaluations[-5:]) if evaluations else None
+    summary["eval_points"] = len(evaluations)
+    summary["cell"] = cell_name(job["algo"], job["name"])
+    summary["overrides"] = job["overrides"]
+    summary["resumed"] = resumed
+    summary["command"] = " ".join(cmd[1:] if cmd[0] == sys.executable else cmd)
+    result_dir.mkdir(parents=True, exist_ok=True)
+    config = Path(run_dir) / ".hydra" / "config.yaml"
+    if config.exists():  # the whole resolved config, so the cell can be rerun after the defaults change
+        (result_dir / "config.yaml").write_text(config.read_text())
+    write_curve(result_dir / "curve.csv", rows)
+    (result_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (rl.train syntax)")
+    parser.add_argument("--envs", nargs="+", default=[])
+    parser.add_argument("--algos", nargs="+", default=[])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--name", default=None, help="name of this cell (results go to <algo>-<name>)")
+    parser.add_argument("--matrix", type=Path, help="JSON file of cells, see jobs_from_matrix")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "benchmarks")
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--dry-run", action="store_true", help="list the runs that would start, start none")
+    args = parser.parse_args(argv)
+
+    if args.matrix:
+        jobs = jobs_from_matrix(json.loads(args.matrix.read_text()))
+    else:
+        if not args.envs or not args.algos:
+            parser.error("give --envs and --algos, or --matrix")
+        jobs = [{"env": env, "algo": algo, "name": args.name, "overrides": list(args.overrides), "seed": seed}
+                for seed in args.seeds for env in args.envs for algo in args.algos]
+
+    pending = []
+    for job in jobs:
+        where = Path(job["env"]) / cell_name(job["algo"], job["name"]) / f"seed{job['seed']}"
+        result_dir, run_dir = args.out / where, args.runs_dir / where
+        if (result_dir / "summary.json").exists():
+            print(f"skip  {where} (done)", flush=True)
+            continue
+        pending.append((job, where, result_dir, run_dir))
+    if args.dry_run:
+        for job, where, _, run_dir in pending:
+            print(f"would run {where}: {' '.join(command(job, run_dir))}")
+        return 0
+
+    failures, running = 0, []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            job, where, result_dir, run_dir = pending.pop(0)
+            resumed = job["algo"] not in SB3_ALGOS and (run_dir / "checkpoints" / "latest").exists()
+            if not resumed and run_dir.exists() and job["algo"] not in SB3_ALGOS:
+                run_dir = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            cmd = command(job, run_dir)
+            log = open(run_dir.parent / f"{run_dir.name}.log", "a")
+            print(f"start {where}{' (resuming)' if resumed else ''}", flush=True)
+            process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            running.append((process, log, job, where, result_dir, run_dir, cmd, resumed))
+        time.sleep(1.0)
+        for entry in list(running):
+            process, log, job, where, result_dir, run_dir, cmd, resumed = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            log.close()
+            if process.returncode != 0:
+                failures += 1
+                print(f"FAIL  {where}: exit {process.returncode}, see {log.name}", flush=True)
+                continue
+            summary = collect_result(job, run_dir, result_dir, cmd, resumed)
+            print(f"done  {where}: final eval {summary['eval_return_mean']:.1f}, last-5 eval "
+                  f"{summary['eval_return_last5_mean']:.1f}, {summary['wall_seconds']:.0f}s", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Stable-Baselines3 PPO / sb3-contrib TRPO with the RL Baselines3 Zoo recipe, evaluated as `rl` evaluates.
+
+    pip install -e ".[bench]"
+    python scripts/sb3_baseline.py --algo trpo --env Hopper-v4 --seed 1 --out runs/sb3/hopper_trpo_1 [key=value ...]
+
+The "ours vs theirs" cells of the benchmark page (scripts/benchmark_returns.py runs this for `sb3-ppo` and
+`sb3-trpo`). Recipes are the zoo's hyperparams/{ppo,trpo}.yml entries for these envs (PPO's MuJoCo ones are
+the zoo's tuned `-v3` values); extra `key=value` arguments override the recipe's keyword arguments.
+Evaluation matches `rl.train`: every `--eval-every-steps` and at the end, `--eval-episodes` episodes of the
+deterministic policy on fresh envs seeded seed + 10000 + i, observations normalized with the training
+statistics frozen, raw rewards. Writes <out>/summary.json (the keys of rl.train's) and <out>/curve.csv.
+"""
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import yaml
+
+EVAL_SEED_OFFSET = 10_000  # as rl.train
+ZOO_MUJOCO_PPO = {  # RL Baselines3 Zoo, hyperparams/ppo.yml, tuned MuJoCo entries (named -v3 there)
+    "Hopper": dict(n_envs=1, batch_size=32, n_steps=512, gamma=0.999, learning_rate=9.80828e-05,
+                   ent_coef=0.00229519, clip_range=0.2, n_epochs=5, gae_lambda=0.99, max_grad_norm=0.7,
+                   vf_coef=0.835671),
+    "HalfCheetah": dict(n_envs=1, batch_size=64, n_steps=512, gamma=0.98, learning_rate=2.0633e-05,
+                        ent_coef=0.000401762, clip_range=0.1, n_epochs=20, gae_lambda=0.92, max_grad_norm=0.8,
+                        vf_coef=0.58096),
+    "Walker2d": dict(n_envs=1, batch_size=32, n_steps=512, gamma=0.99, learning_rate=5.05041e-05,
+                     ent_coef=0.000585045, clip_range=0.1, n_epochs=20, gae_lambda=0.95, max_grad_norm=1,
+                     vf_coef=0.871923),
+}
+ZOO_PPO_POLICY = dict(log_std_init=-2, ortho_init=False, activation="relu", net_arch=[256, 256])
+ZOO_MUJOCO_TRPO = dict(n_envs=2, batch_size=128, n_steps=1024, gamma=0.99, gae_lambda=0.95, sub_sampling_factor=1,
+                       cg_max_steps=25, cg_damping=0.1, n_critic_updates=20, learning_rate=1e-3)
+
+
+def recipe(algo, env_id):
+    """(keyword arguments, policy settings) of the zoo recipe for this pair."""
+    family = env_id.split("-")[0]
+    if algo == "trpo":
+        kwargs = dict(ZOO_MUJOCO_TRPO)
+        if family == "HalfCheetah":
+            kwargs["target_kl"] = 0.04
+        return kwargs, {}
+    if family in ZOO_MUJOCO_PPO:
+        return dict(ZOO_MUJOCO_PPO[family]), dict(ZOO_PPO_POLICY)
+    return {"n_envs": 1}, {}
+
+
+def evaluate(model, venv, env_id, episodes, seed):
+    returns = []
+    for i in range(episodes):
+        env = gym.make(env_id)
+        obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET + i)
+        total, done = 0.0, False
+        while not done:
+            action, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        env.close()
+        returns.append(total)
+    return returns
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="key=value: recipe keyword arguments to change")
+    parser.add_argument("--algo", choices=["ppo", "trpo"], required=True)
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--total-timesteps", type=int, default=1_000_000)
+    parser.add_argument("--eval-every-steps", type=int, default=40_960, help="as rl.train's eval_every=20 x 2048")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (rl.train's default is 1)")
+    args = parser.parse_args()
+
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_contrib import TRPO
+
+    torch.set_num_threads(args.threads)
+    kwargs, policy = recipe(args.algo, args.env)
+    for override in args.overrides:
+        key, _, value = override.partition("=")
+        if key == "total_timesteps":  # the budget, spelt as rl.train spells it
+            args.total_timesteps = int(value)
+        else:
+            kwargs[key] = yaml.safe_load(value)
+    n_envs = kwargs.pop("n_envs")
+    gamma = kwargs.get("gamma", 0.99)
+    venv = VecNormalize(make_vec_env(args.env, n_envs=n_envs, seed=args.seed), gamma=gamma)
+    policy_kwargs = {}
+    if policy:
+        policy_kwargs = dict(log_std_init=policy["log_std_init"], ortho_init=policy["ortho_init"],
+                             activation_fn=torch.nn.ReLU,
+                             net_arch=dict(pi=policy["net_arch"], vf=policy["net_arch"]))
+    cls = PPO if args.algo == "ppo" else TRPO
+    model = cls("MlpPolicy", venv, seed=args.seed, device="cpu", policy_kwargs=policy_kwargs or None, verbose=0,
+                tensorboard_log=str(args.out / "tensorboard"), **kwargs)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, recent = [], []
+
+    class Record(BaseCallback):
+        """Per rollout: the mean return of the episodes that ended in it; evaluations on schedule."""
+
+        def __init__(self):
+            super().__init__()
+            self.finished, self.next_eval = [], args.eval_every_steps
+
+        def _on_step(self):
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    self.finished.append(info["episode"]["r"])
+            return True
+
+        def _on_rollout_end(self):
+            step = self.num_timesteps
+            row = {"step": step, "train_return": np.mean(self.finished) if self.finished else "",
+                   "eval_return": "", "eval_return_std": ""}
+            recent.extend(self.finished)
+            self.finished = []
+            if step >= self.next_eval or step >= args.total_timesteps:
+                self.next_eval += args.eval_every_steps
+                returns = evaluate(self.model, venv, args.env, args.eval_episodes, args.seed)
+                row["eval_return"], row["eval_return_std"] = float(np.mean(returns)), float(np.std(returns))
+            rows.append(row)
+
+    start = time.perf_counter()
+    model.learn(total_timesteps=args.total_timesteps, callback=Record())
+    wall = time.perf_counter() - start
+    if not rows or rows[-1]["eval_return"] == "":  # the last rollout was not evaluated yet
+        returns = evaluate(model, venv, args.env, args.eval_episodes, args.seed)
+        rows.append({"step": model.num_timesteps, "train_return": "", "eval_return": float(np.mean(returns)),
+                     "eval_return_std": float(np.std(returns))})
+    final = rows[-1]
+    best = max((row for row in rows if row["eval_return"] != ""), key=lambda row: row["eval_return"])
+    with open(args.out / "curve.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "train_return", "eval_return", "eval_return_std"])
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {
+        "env": args.env, "algo": f"sb3-{args.algo}", "seed": args.seed, "total_timesteps": model.num_timesteps,
+        "wall_seconds": wall, "sps": model.num_timesteps / wall,
+        "eval_return_mean": final["eval_return"], "eval_return_std": final["eval_return_std"],
+        "eval_episodes": args.eval_episodes, "best_eval_return_mean": best["eval_return"], "best_eval_step": best["step"],
+        "train_return_mean_last100": float(np.mean(recent[-100:])) if recent else None,
+        "recipe": {**kwargs, "n_envs": n_envs, "policy": policy},
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"done: {summary['total_timesteps']} steps in {wall:.0f}s, eval return {final['eval_return']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
