@@ -1,0 +1,113 @@
+"""scripts/benchmark_returns.py on a tiny CartPole matrix: result layout, curves, skip and resume."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests import scripts_path
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = scripts_path.SCRIPTS / "benchmark_returns.py"
+# PPO on CartPole iterates 8 envs x 32 steps: 8 iterations, evaluated at 2, 4, 6, 8.
+OVERRIDES = ["total_timesteps=2048", "eval_every=2", "eval_episodes=2", "checkpoint_every=1"]
+
+
+def run_runner(*args):
+    result = subprocess.run([sys.executable, str(RUNNER), *args, "--parallel", "1"], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    out, runs = root / "out", root / "runs"
+    args = ["--envs", "CartPole-v1", "--algos", "ppo", "trpo", "--seeds", "1", "2", "--out", str(out),
+            "--runs-dir", str(runs), *OVERRIDES]
+    first = run_runner(*args)
+    return out, runs, args, first
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_run_of_the_matrix_leaves_a_summary_a_curve_and_its_config(matrix):
+    out, runs, _, log = matrix
+    for algo in ("ppo", "trpo"):
+        for seed in (1, 2):
+            result = out / "CartPole-v1" / algo / f"seed{seed}"
+            summary = json.loads((result / "summary.json").read_text())
+            assert (summary["env"], summary["algo"], summary["seed"], summary["cell"]) == ("CartPole-v1", algo, seed, algo)
+            assert "total_timesteps=2048" in summary["command"] and summary["resumed"] is False
+            assert (result / "config.yaml").read_text() == (runs / "CartPole-v1" / algo / f"seed{seed}" / ".hydra" /
+                                                            "config.yaml").read_text()
+            assert f"done  CartPole-v1/{algo}/seed{seed}" in log
+
+
+def test_curve_matches_the_runs_tensorboard_and_summary(matrix):
+    out, runs, _, _ = matrix
+    result, run_dir = out / "CartPole-v1" / "ppo" / "seed1", runs / "CartPole-v1" / "ppo" / "seed1"
+    rows = read_rows(result / "curve.csv")
+    assert list(rows[0]) == ["step", "train_return", "eval_return", "eval_return_std"]
+    assert [int(r["step"]) for r in rows] == [256 * i for i in range(1, 9)]
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    evaluations = {e.step: e.value for e in events.Scalars("eval/return")}
+    assert sorted(evaluations) == [512, 1024, 1536, 2048]
+    for row in rows:
+        step = int(row["step"])
+        if step in evaluations:
+            assert float(row["eval_return"]) == pytest.approx(evaluations[step], rel=1e-5)
+        else:
+            assert row["eval_return"] == ""
+        episodes = [e.value for e in events.Scalars("charts/episodic_return") if e.step == step]
+        if episodes:
+            assert float(row["train_return"]) == pytest.approx(sum(episodes) / len(episodes), rel=1e-5)
+
+    summary = json.loads((result / "summary.json").read_text())
+    ordered = [evaluations[s] for s in sorted(evaluations)]
+    assert summary["eval_points"] == 4
+    assert summary["eval_return_last5_mean"] == pytest.approx(sum(ordered) / 4, rel=1e-5)  # fewer than 5 points
+    assert summary["eval_return_mean"] == pytest.approx(ordered[-1], rel=1e-5)
+
+
+def test_a_second_invocation_skips_what_is_done(matrix):
+    out, _, args, _ = matrix
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    log = run_runner(*args)
+    assert log.count("skip") == 4 and "start" not in log
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == before
+
+
+def test_a_run_stopped_midway_is_resumed(tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    run_dir = runs / "CartPole-v1" / "ppo-half" / "seed3"
+    stopped = subprocess.run([sys.executable, "-m", "rl.train", "seed=3", *OVERRIDES, "stop_after_steps=1024",
+                              "progress=false", f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True,
+                             timeout=600)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    log = run_runner("--envs", "CartPole-v1", "--algos", "ppo", "--seeds", "3", "--name", "half", "--out", str(out),
+                     "--runs-dir", str(runs), *OVERRIDES)
+    assert "start CartPole-v1/ppo-half/seed3 (resuming)" in log
+    summary = json.loads((out / "CartPole-v1" / "ppo-half" / "seed3" / "summary.json").read_text())
+    assert summary["resumed"] is True and summary["total_timesteps"] == 2048 and summary["cell"] == "ppo-half"
+    assert len(read_rows(out / "CartPole-v1" / "ppo-half" / "seed3" / "curve.csv")) == 8
+
+
+def test_matrix_file_orders_jobs_seed_first(tmp_path):
+    import benchmark_returns
+
+    jobs = benchmark_returns.jobs_from_matrix({"seeds": [1, 2], "cells": [
+        {"env": "A", "algo": "trpo", "name": "x", "overrides": ["algo.max_kl=0.03"]},
+        {"env": "A", "algo": "ppo", "seeds": [2]}]})
+    assert [(j["algo"], j["name"], j["seed"]) for j in jobs] == [("trpo", "x", 1), ("trpo", "x", 2), ("ppo", None, 2)]
+    assert jobs[0]["overrides"] == ["algo.max_kl=0.03"]
