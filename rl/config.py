@@ -113,6 +113,7 @@ def validate(cfg):
                  lambda v: _positive_int(v) and batch_size // v >= 2,
                  f"must be a positive integer leaving at least 2 samples per minibatch (batch {batch_size})")
         _require(cfg, "algo.clip_value_loss", _boolean, "must be true or false")
+        _require(cfg, "algo.anneal_clip_coef", _boolean, "must be true or false")
         _require(cfg, "algo.max_grad_norm", _positive, "must be > 0")
         _require(cfg, "algo.entropy_coef", _number, "must be a number")
         _require(cfg, "algo.value_coef", _positive, "must be > 0")

@@ -183,8 +183,8 @@ def train(cfg, run_dir, device, resume_state=None):
 def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers, generator,
              collector):
     """One iteration: anneal, collect, GAE, update. Returns its metrics (with the finished episodes)."""
-    if algo_cfg.get("anneal_learning_rate", False):
-        fraction_left = 1.0 - (iteration - 1) / num_iterations
+    fraction_left = 1.0 - (iteration - 1) / num_iterations
+    if algo_cfg.anneal_learning_rate:
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = fraction_left * algo_cfg.learning_rate
@@ -193,7 +193,8 @@ def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent
     update_start = time.perf_counter()
     advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                               rollout.done, algo_cfg.gamma, algo_cfg.gae_lambda)
-    metrics = algorithm.update(agent, optimizers, flatten(rollout, advantages, returns), algo_cfg, generator)
+    metrics = algorithm.update(agent, optimizers, flatten(rollout, advantages, returns), algo_cfg, generator,
+                               fraction_left)
     if acting_agent is not agent:
         _sync_acting_agent(agent, acting_agent)
     metrics.update({

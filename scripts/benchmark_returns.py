@@ -16,8 +16,8 @@ same way. What is kept, under `--out`:
     <out>/<env>/<cell>/seed<k>/config.yaml    the run's resolved config (rl runs)
 
 <cell> is the algo, or `<algo>-<name>` for a named cell. Runs whose result folder already holds a
-summary.json are skipped, and a run stopped midway resumes from its checkpoint (MuJoCo episodes restart
-there), so the runner can be stopped and started again. `--parallel` runs go at once (default: the cores).
+summary.json are skipped, a finished run folder is only collected, and a run stopped midway resumes from
+its checkpoint (MuJoCo episodes restart there), so the runner can be stopped and started again. `--parallel` runs go at once (default: the cores).
 """
 
 import argparse
@@ -53,14 +53,18 @@ def jobs_from_matrix(matrix):
     return jobs
 
 
-def command(job, run_dir):
+def command(job, run_dir, resume=False):
     if job["algo"] in SB3_ALGOS:
         return [sys.executable, str(REPO / "scripts" / "sb3_baseline.py"), f"--algo={job['algo'][4:]}",
                 f"--env={job['env']}", f"--seed={job['seed']}", f"--out={run_dir}", *job["overrides"]]
-    if (Path(run_dir) / "checkpoints" / "latest").exists():
+    if resume:
         return [sys.executable, "-m", "rl.train", f"resume={run_dir}", "progress=false"]
     return [sys.executable, "-m", "rl.train", f"algo={job['algo']}", f"env={job['env']}", f"seed={job['seed']}",
             *job["overrides"], "progress=false", f"hydra.run.dir={run_dir}"]
+
+
+def resumable(job, run_dir):
+    return job["algo"] not in SB3_ALGOS and (Path(run_dir) / "checkpoints" / "latest").exists()
 
 
 def curve_from_tensorboard(run_dir):
@@ -156,18 +160,22 @@ def main(argv=None):
         pending.append((job, where, result_dir, run_dir))
     if args.dry_run:
         for job, where, _, run_dir in pending:
-            print(f"would run {where}: {' '.join(command(job, run_dir))}")
+            print(f"would run {where}: {' '.join(command(job, run_dir, resumable(job, run_dir)))}")
         return 0
 
     failures, running = 0, []
     while pending or running:
         while pending and len(running) < args.parallel:
             job, where, result_dir, run_dir = pending.pop(0)
-            resumed = job["algo"] not in SB3_ALGOS and (run_dir / "checkpoints" / "latest").exists()
+            if (run_dir / "summary.json").exists():  # finished, but its results were never collected
+                collect_result(job, run_dir, result_dir, command(job, run_dir), resumed=False)
+                print(f"done  {where} (collected from {run_dir})", flush=True)
+                continue
+            resumed = resumable(job, run_dir)
             if not resumed and run_dir.exists() and job["algo"] not in SB3_ALGOS:
                 run_dir = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
             run_dir.parent.mkdir(parents=True, exist_ok=True)
-            cmd = command(job, run_dir)
+            cmd = command(job, run_dir, resumed)
             log = open(run_dir.parent / f"{run_dir.name}.log", "a")
             print(f"start {where}{' (resuming)' if resumed else ''}", flush=True)
             process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

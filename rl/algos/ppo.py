@@ -36,11 +36,15 @@ def make_optimizers(agent, cfg):
             for name, module in (("actor", agent.actor), ("critic", agent.critic))}
 
 
-def update(agent, optimizers, batch, cfg, generator):
-    """Several epochs of shuffled minibatches of the PPO loss. Returns a dict of float metrics."""
+def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
+    """Several epochs of shuffled minibatches of the PPO loss. Returns a dict of float metrics.
+
+    `fraction_left` (1 at the first iteration, 1/K at the last) scales the clip range when `anneal_clip_coef`.
+    """
     params = [p for optimizer in optimizers.values() for group in optimizer.param_groups for p in group["params"]]
     actor, critic = agent.actor, agent.critic
-    clip_coef, entropy_coef, value_coef = cfg.clip_coef, cfg.entropy_coef, cfg.value_coef
+    clip_coef = cfg.clip_coef * (fraction_left if cfg.anneal_clip_coef else 1.0)
+    entropy_coef, value_coef = cfg.entropy_coef, cfg.value_coef
     value_clip = clip_coef if cfg.clip_value_loss else None
     sums = torch.zeros(6, device=batch.obs.device)  # policy, value, entropy, approx_kl, clipfrac, count
     epochs_run = 0

@@ -150,7 +150,8 @@ def make_optimizers(agent, cfg):
     return {"critic": torch.optim.Adam(agent.critic.parameters(), lr=cfg.learning_rate, foreach=True)}
 
 
-def update(agent, optimizers, batch, cfg, generator):
+def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
+    """The natural-gradient policy step, then the value fit (whose learning rate train.py anneals)."""
     metrics = policy_step(agent.actor, batch, cfg, generator)
     metrics["losses/value_loss"] = fit_value(agent.critic, optimizers["critic"], batch, cfg, generator)
     metrics["losses/explained_variance"] = float(explained_variance(batch.values, batch.returns))
