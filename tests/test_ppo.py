@@ -75,7 +75,8 @@ def test_value_loss_unclipped_and_clipped():
 
 def ppo_config(**overrides):
     cfg = dict(learning_rate=1e-3, update_epochs=4, num_minibatches=2, normalize_advantages=True, clip_coef=0.2,
-               clip_value_loss=True, entropy_coef=0.01, value_coef=0.5, max_grad_norm=0.5, target_kl=None)
+               clip_value_loss=True, entropy_coef=0.01, value_coef=0.5, max_grad_norm=0.5, target_kl=None,
+               anneal_clip_coef=False)
     cfg.update(overrides)
     return SimpleNamespace(**cfg)
 
@@ -137,3 +138,15 @@ def test_update_stops_early_when_kl_exceeds_target():
     cfg = ppo_config(update_epochs=10, target_kl=1e-9)
     metrics = ppo.update(agent, ppo.make_optimizers(agent, cfg), batch, cfg, torch.Generator().manual_seed(0))
     assert metrics["losses/epochs"] == 1
+
+
+def test_annealed_clip_range_is_the_clip_range_times_the_fraction_left():
+    runs = {}
+    for name, cfg, fraction_left in (("annealed", ppo_config(anneal_clip_coef=True), 0.25),
+                                     ("direct", ppo_config(clip_coef=0.05), 1.0),
+                                     ("unannealed", ppo_config(), 0.25)):
+        agent, batch = small_problem(seed=2)
+        ppo.update(agent, ppo.make_optimizers(agent, cfg), batch, cfg, torch.Generator().manual_seed(0), fraction_left)
+        runs[name] = [p.detach().clone() for p in agent.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(runs["annealed"], runs["direct"]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs["annealed"], runs["unannealed"]))
