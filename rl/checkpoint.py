@@ -77,6 +77,26 @@ def latest(run_dir):
     return os.path.join(checkpoint_dir(run_dir), name)
 
 
+def resolve(run_dir, which="latest"):
+    """Path of a run's checkpoint: `latest`, `best`, or a global step (an int or its digits)."""
+    if which == "latest":
+        return latest(run_dir)
+    if which == "best":
+        path = os.path.join(checkpoint_dir(run_dir), BEST)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{run_dir}: no best checkpoint (it is written when the run evaluates)")
+        return path
+    if isinstance(which, int) or str(which).isdigit():
+        path = os.path.join(checkpoint_dir(run_dir), f"step_{int(which):012d}.pt")
+        if not os.path.isfile(path):
+            kept = sorted(n for n in os.listdir(checkpoint_dir(run_dir)) if n.startswith("step_")) \
+                if os.path.isdir(checkpoint_dir(run_dir)) else []
+            steps = ", ".join(str(int(n[5:-3])) for n in kept if n.endswith(".pt")) or "none"
+            raise CheckpointError(f"checkpoint={which}: no such checkpoint in {run_dir} (kept steps: {steps})")
+        return path
+    raise CheckpointError(f"checkpoint={which}: must be latest, best or a global step")
+
+
 def load(path):
     """Read and check a checkpoint without executing any code from it."""
     try:

@@ -15,12 +15,13 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 
-def make_vector_env(env_id, num_envs, vectorization="sync", start_method=None, **env_kwargs):
+def make_vector_env(env_id, num_envs, vectorization="sync", start_method=None, wrappers=(), **env_kwargs):
+    """`num_envs` copies of `env_id` (made with `env_kwargs`), each wrapped in Snapshot, then `wrappers`."""
     vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP}
     if vectorization == "async":
         vector_kwargs["context"] = start_method
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
-                        vector_kwargs=vector_kwargs, wrappers=[Snapshot], **env_kwargs)
+                        vector_kwargs=vector_kwargs, wrappers=[Snapshot, *wrappers], **env_kwargs)
 
 
 class Snapshot(gym.Wrapper):

@@ -1,30 +1,64 @@
-"""Deterministic evaluation on fresh envs."""
+"""Deterministic evaluation on fresh envs, and `python -m rl.evaluate <run dir> [key=value ...]`.
+
+    python -m rl.evaluate runs/Hopper-v4__trpo__1__20261128-120000                  # latest checkpoint
+    python -m rl.evaluate runs/... checkpoint=best episodes=20 deterministic=false seed=7
+    python -m rl.evaluate runs/... video=true video_episodes=2       # MP4s in <run dir>/videos/
+
+Prints the mean +/- std return and length and writes <run dir>/eval.json. Without `seed` the episodes
+are the ones training's evaluations used (seed + 10000 + i), so `checkpoint=latest` of a finished run
+reproduces its summary.json.
+"""
+
+import itertools
+import os
+import sys
 
 import numpy as np
 import torch
 
 from rl.envs import make_vector_env
 
+# Evaluation sub-env i is seeded seed + EVAL_SEED_OFFSET + i: every evaluation point sees the same episode
+# starts, and none of them is a training sub-env's.
+EVAL_SEED_OFFSET = 10_000
+OPTIONS = {  # key -> (default, check, what it must be)
+    "episodes": (10, lambda v: _integer(v) and v >= 1, "a positive integer"),
+    "checkpoint": ("latest", lambda v: v in ("latest", "best") or (_integer(v) and v >= 0),
+                   "latest, best or a global step"),
+    "deterministic": (True, lambda v: isinstance(v, bool), "true or false"),
+    "video": (False, lambda v: isinstance(v, bool), "true or false"),
+    "video_episodes": (1, lambda v: _integer(v) and v >= 1, "a positive integer"),
+    "seed": (None, lambda v: v is None or (_integer(v) and 0 <= v < 2**32 - 1_000), "an integer >= 0 or null"),
+    "progress": ("auto", lambda v: v in ("auto", True, False), "auto, true or false"),
+}
 
-def evaluate(agent, env_id, episodes, seed, env_kwargs=None, deterministic=True):
+
+def evaluate(agent, env_id, episodes, seed, env_kwargs=None, deterministic=True, progress=False, wrappers=()):
     """Run one episode in each of `episodes` fresh sub-envs (sub-env i seeded `seed + i`).
 
     The policy acts by its mode (mean / argmax) unless `deterministic=False`; normalizer statistics are
-    read, never updated. Torch's global RNG is saved and restored around a stochastic evaluation, so
-    evaluating never changes what a training run draws next. `agent` must be on the CPU.
-    Returns (returns, lengths): lists of raw episode returns and lengths.
+    read, never updated. Torch's global RNG is saved and restored around the evaluation, so evaluating
+    never changes what a training run draws next. `agent` must be on the CPU. `progress` shows a bar of
+    finished episodes. Returns (returns, lengths): lists of raw episode returns and lengths.
     """
-    envs = make_vector_env(env_id, episodes, "sync", **(env_kwargs or {}))
+    envs = make_vector_env(env_id, episodes, "sync", wrappers=wrappers, **(env_kwargs or {}))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes, desc="evaluating", unit="episode", leave=False, dynamic_ncols=True)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _run_episodes(agent, envs, episodes, seed, deterministic)
+            return _run_episodes(agent, envs, episodes, seed, deterministic, bar)
     finally:
+        if bar is not None:
+            bar.close()
         envs.close()
 
 
 @torch.no_grad()
-def _run_episodes(agent, envs, episodes, seed, deterministic):
+def _run_episodes(agent, envs, episodes, seed, deterministic, bar):
     obs, _ = envs.reset(seed=seed)
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
@@ -38,5 +72,158 @@ def _run_episodes(agent, envs, episodes, seed, deterministic):
         obs, reward, terminated, truncated, _ = envs.step(action)
         returns += np.where(finished, 0.0, reward)
         lengths += ~finished
-        finished |= terminated | truncated
+        newly = (terminated | truncated) & ~finished
+        finished |= newly
+        if bar is not None and newly.any():
+            bar.update(int(newly.sum()))
     return returns.tolist(), lengths.tolist()
+
+
+def _integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class EvaluateError(Exception):
+    """A bad argument or a run that cannot be evaluated; the message is one line."""
+
+
+def parse_options(arguments):
+    """`key=value` arguments (YAML values) -> the options dict, defaults filled in."""
+    import yaml
+
+    options = {key: default for key, (default, _, _) in OPTIONS.items()}
+    for argument in arguments:
+        key, equals, text = argument.partition("=")
+        if not equals:
+            raise EvaluateError(f"{argument}: expected key=value (keys: {', '.join(OPTIONS)})")
+        if key not in OPTIONS:
+            raise EvaluateError(f"{key}: unknown option (keys: {', '.join(OPTIONS)})")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if not OPTIONS[key][1](value):
+            raise EvaluateError(f"{key}={text}: must be {OPTIONS[key][2]}")
+        options[key] = value
+    return options
+
+
+def _video_wrappers(env_id, folder, prefix, count):
+    """RecordVideo on the first `count` sub-envs, each recording its one episode to <prefix>-ep<i>."""
+    from gymnasium.error import DependencyNotInstalled
+    from gymnasium.wrappers import RecordVideo
+
+    try:
+        import moviepy  # noqa: F401  (RecordVideo writes MP4s through it)
+    except ImportError:
+        raise EvaluateError('video=true needs moviepy: pip install -e ".[video]"') from None
+    index = itertools.count()
+
+    def record(env):
+        i = next(index)
+        if i >= count:
+            return env
+        try:
+            return RecordVideo(env, folder, episode_trigger=lambda episode: episode == 0, name_prefix=f"{prefix}-ep{i}")
+        except DependencyNotInstalled as error:
+            raise EvaluateError(f"video=true: {error}") from None
+
+    return [record]
+
+
+def _render_check(env_id, env_kwargs, mujoco):
+    """Render one frame, so a missing off-screen GL backend is one clear line, not a traceback mid-run."""
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
+        try:
+            env.reset(seed=0)
+            frame = env.render()
+        finally:
+            env.close()
+    except Exception as error:  # GL back-ends and renderer dependencies fail in many ways
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        if not mujoco:
+            raise EvaluateError(f"video=true: cannot render {env_id} ({reason})") from None
+        backend = os.environ.get("MUJOCO_GL")
+        raise EvaluateError(f"video=true: cannot render {env_id} off-screen (MUJOCO_GL={backend}: {reason}); try "
+                            "MUJOCO_GL=egl, or MUJOCO_GL=osmesa after installing libosmesa6") from None
+    if frame is None:
+        raise EvaluateError(f"video=true: {env_id} does not render to images (render_mode=rgb_array)")
+
+
+def run(run_dir, options):
+    """Evaluate a run's checkpoint as `options` say; write eval.json. Returns the record."""
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    from rl import checkpoint
+    from rl.logger import write_json
+    from rl.policy import trained_policy
+
+    if not os.path.isdir(run_dir):
+        raise EvaluateError(f"{run_dir}: no such run directory")
+    path = checkpoint.resolve(run_dir, options["checkpoint"])
+    state = checkpoint.load(path)
+    config = OmegaConf.create(state["config"])
+    env_id, env_kwargs = config.env.id, OmegaConf.to_container(config.env.kwargs)
+    seed = options["seed"] if options["seed"] is not None else config.seed + EVAL_SEED_OFFSET
+    wrappers, video_folder = (), None
+    if options["video"]:
+        mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
+        if mujoco:
+            os.environ.setdefault("MUJOCO_GL", "egl")  # headless: EGL works without a display (Mesa falls back)
+        _render_check(env_id, env_kwargs, mujoco)
+        video_folder = os.path.join(run_dir, "videos")
+        prefix = f"{env_id}-step{state['global_step']}"
+        wrappers = _video_wrappers(env_id, video_folder, prefix, min(options["video_episodes"], options["episodes"]))
+        env_kwargs = {**env_kwargs, "render_mode": "rgb_array"}
+    policy = trained_policy(state)
+    interactive = sys.stderr.isatty() if options["progress"] == "auto" else options["progress"]
+    returns, lengths = evaluate(policy.agent, env_id, options["episodes"], seed, env_kwargs,
+                                options["deterministic"], interactive, wrappers)
+    record = {
+        "run_dir": os.path.abspath(run_dir),
+        "checkpoint": os.path.basename(path),
+        "global_step": state["global_step"],
+        "env": env_id,
+        "episodes": options["episodes"],
+        "deterministic": options["deterministic"],
+        "seed": seed,
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "length_mean": float(np.mean(lengths)),
+        "length_std": float(np.std(lengths)),
+        "returns": returns,
+        "lengths": lengths,
+        "videos": sorted(os.path.join(video_folder, name) for name in os.listdir(video_folder)
+                         if name.startswith(prefix) and name.endswith(".mp4")) if video_folder else [],
+    }
+    write_json(os.path.join(run_dir, "eval.json"), record)
+    return record
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    from rl.checkpoint import CheckpointError
+
+    try:
+        record = run(argv[0], parse_options(argv[1:]))
+    except (EvaluateError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    kind = "deterministic" if record["deterministic"] else "stochastic"
+    print(f"eval return {record['return_mean']:.1f} +/- {record['return_std']:.1f}, length "
+          f"{record['length_mean']:.1f} +/- {record['length_std']:.1f} over {record['episodes']} {kind} episodes "
+          f"({record['checkpoint']}, step {record['global_step']}) -> {os.path.join(argv[0], 'eval.json')}")
+    for video in record["videos"]:
+        print(f"video: {video}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

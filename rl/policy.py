@@ -169,14 +169,29 @@ def build_agent(cfg, observation_space, action_space):
                  clip_rewards=env.clip_rewards, gamma=algo.gamma, orthogonal_init=algo.orthogonal_init)
 
 
+def trained_policy(state):
+    """The TrainedPolicy in a loaded checkpoint; its config says how to build the agent."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create(state["config"])
+    env = gym.make(config.env.id, **OmegaConf.to_container(config.env.kwargs))
+    try:
+        agent = build_agent(config, env.observation_space, env.action_space)
+        agent.load_state_dict(state["agent"])
+        return TrainedPolicy(agent, env.observation_space, env.action_space, config, state["global_step"])
+    finally:
+        env.close()
+
+
 class TrainedPolicy:
     """A trained policy for use outside training: NumPy observations in, env-ready actions out."""
 
-    def __init__(self, agent, observation_space, action_space, config):
+    def __init__(self, agent, observation_space, action_space, config, global_step=None):
         self.agent = agent.eval()
         self.observation_shape = tuple(observation_space.shape)
         self.action_space = action_space
-        self.config = config
+        self.config = config  # the run's config
+        self.global_step = global_step  # the training step the weights come from
 
     def act(self, obs, deterministic=True):
         """Action(s) for one observation (obs_dim,) or a batch (B, obs_dim); Box actions clipped to bounds."""

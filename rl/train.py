@@ -26,15 +26,12 @@ from rl import checkpoint
 from rl.algos import ALGORITHMS
 from rl.config import ConfigError, validate
 from rl.envs import get_snapshots, make_vector_env, set_snapshots
-from rl.evaluate import evaluate
+from rl.evaluate import EVAL_SEED_OFFSET, evaluate
 from rl.logger import Logger, write_json
 from rl.policy import build_agent
 from rl.rollout import Collector, flatten, gae
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-# Evaluation sub-env i is seeded seed + EVAL_SEED_OFFSET + i: every evaluation point sees the same episodes'
-# starts, and none of them is a training sub-env's.
-EVAL_SEED_OFFSET = 10_000
 # What a resumed run may change; everything else comes from the checkpoint so the run stays the same run.
 # `device` and `torch_threads` may change too (to resume elsewhere), but then the bits are not promised.
 RESUME_OVERRIDABLE = ("total_timesteps", "stop_after_steps", "progress", "checkpoint_every", "checkpoint_keep",
