@@ -1,11 +1,49 @@
 """Validation of a composed config: every bad value becomes one line naming the key and the value."""
 
+import difflib
+from pathlib import Path
+
 import gymnasium as gym
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rl.algos import ALGORITHMS
 from rl.envs import check_env_id
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+FREE_FORM = ("env.kwargs",)  # passed through to gymnasium.make as they are
+
+
+def shipped_keys(algo_name):
+    """{dotted key: default} of every key a run of `algo_name` reads, from the shipped config files."""
+    run = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))
+    keys = {k: v for k, v in run.items() if k not in ("defaults", "hydra")}
+    algo = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "algo" / f"{algo_name}.yaml"))
+    env = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "env" / "common.yaml"))
+    keys.update({f"algo.{k}": v for k, v in algo.items()})
+    keys.update({f"env.{k}": v for k, v in env.items()})
+    return keys
+
+
+def _check_known_keys(cfg):
+    """Refuse keys no code reads (`+algo.lr=...` would otherwise be accepted and ignored)."""
+    known = shipped_keys(cfg.algo.name)
+
+    def walk(node, prefix):
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if path in FREE_FORM:
+                continue
+            if path in ("algo", "env"):
+                walk(node[key], f"{path}.")
+                continue
+            if path not in known:
+                close = difflib.get_close_matches(path, known, n=1, cutoff=0.8)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ConfigError(path, _get(cfg, path), f"unknown key, nothing reads it{hint}")
+
+    walk(cfg, "")
 
 
 class ConfigError(ValueError):
@@ -63,6 +101,7 @@ def _in_unit_interval(value):
 def validate(cfg):
     """Raise ConfigError for the first bad value; return the resolved device string."""
     _require(cfg, "algo.name", lambda v: v in ALGORITHMS, f"unknown algorithm; choose one of {', '.join(ALGORITHMS)}")
+    _check_known_keys(cfg)
     _require(cfg, "env.id", lambda v: isinstance(v, str), "must be a gymnasium environment id")
     try:
         check_env_id(cfg.env.id)
@@ -145,6 +184,8 @@ def _check_spaces(cfg):
     """Build one env: bad `env.kwargs` and spaces we cannot learn on fail here, in one line."""
     try:
         env = gym.make(cfg.env.id, **OmegaConf.to_container(cfg.env.kwargs))
+    except gym.error.DependencyNotInstalled as error:
+        raise ConfigError("env.id", cfg.env.id, f"needs a package that is not installed: {error}") from None
     except Exception as error:  # anything the env's constructor raises
         raise ConfigError("env.kwargs", OmegaConf.to_container(cfg.env.kwargs),
                           f"{cfg.env.id} could not be created ({type(error).__name__}: {error})") from None

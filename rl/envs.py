@@ -6,8 +6,10 @@ transition therefore never crosses an episode boundary, and a time-limit truncat
 from the real final state.
 """
 
+import importlib
 import multiprocessing
 import signal
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -81,9 +83,26 @@ def final_observations(info, done_indices):
     return np.stack([final[i] for i in done_indices])
 
 
+def quiet_version_warnings():
+    """Gymnasium repeats its "out of date" warning (with terminal colour codes) for every env it makes; our
+    start banner says it once, in plain words."""
+    warnings.filterwarnings("ignore", message=r".*The environment .* is out of date", category=DeprecationWarning)
+
+
 def check_env_id(env_id):
-    """Raise ValueError with a one-line reason when `env_id` is not registered with gymnasium."""
+    """Raise ValueError with a one-line reason when `env_id` is not registered with gymnasium.
+
+    `module:EnvId` (gymnasium's form for envs registered by importing a module) imports the module first,
+    from the current directory or PYTHONPATH.
+    """
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # the user's module may fail in any way; say which module and how
+            raise ValueError(f"importing module {module!r} failed: {type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}") from None
     try:
-        gym.spec(env_id)
+        gym.spec(name)
     except Exception as error:  # gymnasium raises several error types here
         raise ValueError(str(error).splitlines()[0]) from None

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from rl.envs import make_vector_env
+from rl.envs import check_env_id, make_vector_env, quiet_version_warnings
 
 # Evaluation sub-env i is seeded seed + EVAL_SEED_OFFSET + i: every evaluation point sees the same episode
 # starts, and none of them is a training sub-env's.
@@ -168,6 +168,11 @@ def run(run_dir, options):
     state = checkpoint.load(path)
     config = OmegaConf.create(state["config"])
     env_id, env_kwargs = config.env.id, OmegaConf.to_container(config.env.kwargs)
+    try:
+        check_env_id(env_id)
+    except ValueError as error:
+        raise EvaluateError(f"{run_dir}: its env {env_id} cannot be made here ({error}); a module:EnvId env "
+                            "needs its module on PYTHONPATH or in the current directory") from None
     seed = options["seed"] if options["seed"] is not None else config.seed + EVAL_SEED_OFFSET
     wrappers, video_folder = (), None
     if options["video"]:
@@ -211,6 +216,7 @@ def main(argv=None):
         return 0 if argv else 2
     from rl.checkpoint import CheckpointError
 
+    quiet_version_warnings()
     try:
         record = run(argv[0], parse_options(argv[1:]))
     except (EvaluateError, CheckpointError) as error:

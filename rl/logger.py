@@ -1,4 +1,7 @@
-"""TensorBoard scalars, the console progress line, and summary.json."""
+"""TensorBoard scalars and hparams, the console start banner and progress line, and summary.json.
+
+Event files go straight into the run folder, so `tensorboard --logdir runs` names each run by its folder.
+"""
 
 import json
 import os
@@ -10,21 +13,43 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 
+HPARAM_METRICS = ("eval/return", "charts/episodic_return")
+
+
+def hparam_value(value):
+    """What TensorBoard's HParams table shows: numbers and strings as they are, everything else as text."""
+    if isinstance(value, bool):
+        return str(value).lower()  # torch would store a bool as the number 0 or 1
+    if isinstance(value, (int, float, str)):
+        return value
+    return str(value)
+
+
+def hparam_summaries(values, schema):
+    """The HParams summaries of one run: its values, under an experiment that declares every column in
+    `schema` ({name: example value}), so runs of different algorithms share one table with all columns.
+    Unset values (None) are left out: the table shows an empty cell."""
+    columns = {k: hparam_value(v) if v is not None else 0.0 for k, v in schema.items()}  # None: a number unset
+    experiment, _, _ = hparams(columns, dict.fromkeys(HPARAM_METRICS, 0.0))
+    _, session_start, session_end = hparams({k: hparam_value(v) for k, v in values.items() if v is not None}, {})
+    return experiment, session_start, session_end
+
+
 class Logger:
-    def __init__(self, run_dir, config_text, hparam_dict, total_steps, progress="auto", start_step=0,
-                 resumed=False):
+    def __init__(self, run_dir, config_text, hparam_values, hparam_schema, total_steps, progress="auto",
+                 start_step=0, resumed=False):
         # On resume, TensorBoard hides whatever an interrupted process logged past the checkpoint.
-        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=start_step + 1 if resumed else None)
+        self.writer = SummaryWriter(run_dir, purge_step=start_step + 1 if resumed else None)
         if not resumed:
             self.writer.add_text("config", "```yaml\n" + config_text + "\n```", 0)
             # Written into this run's own event file (add_hparams would open a second sub-run).
-            for summary in hparams(hparam_dict, {"eval/return": 0.0}):
+            for summary in hparam_summaries(hparam_values, hparam_schema):
                 self.writer.file_writer.add_summary(summary)
         self.recent_returns = deque(maxlen=20)
         self.total_steps = total_steps
-        interactive = sys.stderr.isatty() if progress == "auto" else bool(progress)
+        self.interactive = sys.stderr.isatty() if progress == "auto" else bool(progress)
         self.bar = None
-        if interactive:
+        if self.interactive:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
@@ -35,6 +60,13 @@ class Logger:
             self.writer.add_scalar("charts/episodic_return", episode_return, step)
             self.writer.add_scalar("charts/episodic_length", episode_length, step)
             self.recent_returns.append(episode_return)
+
+    def message(self, text):
+        """A line on the console that does not break the progress bar."""
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
 
     def scalars(self, metrics, step):
         for tag, value in metrics.items():
@@ -54,6 +86,34 @@ class Logger:
             self.bar.close()
         self.writer.flush()
         self.writer.close()
+
+
+def start_banner(run_dir, algo, env_id, device, num_envs, num_steps, num_iterations, requested_steps, start_step):
+    """The block a run prints before its first step: where it writes, what it trains, on what, how long."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import find_highest_version, parse_env_id
+
+    run_dir = os.path.abspath(run_dir)
+    batch = num_envs * num_steps
+    total = num_iterations * batch
+    budget = f"{num_iterations} iterations = {total} steps"
+    if total != requested_steps:
+        budget += f" (total_timesteps={requested_steps} rounded down to whole iterations)"
+    if start_step:
+        budget += f"; resuming at step {start_step}"
+    lines = [
+        f"run folder   {run_dir}",
+        f"training     {algo} on {env_id} (gymnasium {gym.__version__})",
+        f"device       {device}",
+        f"batch        {num_envs} envs x {num_steps} steps = {batch} steps per iteration",
+        f"budget       {budget}",
+        f"tensorboard  tensorboard --logdir {run_dir}",
+    ]
+    namespace, name, version = parse_env_id(env_id.rpartition(":")[2])
+    newest = find_highest_version(namespace, name)
+    if version is not None and newest is not None and newest > version:
+        lines.append(f"note         {env_id} has a newer version, v{newest}")
+    return "\n".join(lines)
 
 
 def write_json(path, data):

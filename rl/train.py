@@ -24,14 +24,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rl import checkpoint
 from rl.algos import ALGORITHMS
-from rl.config import ConfigError, validate
-from rl.envs import get_snapshots, make_vector_env, set_snapshots
+from rl.config import CONFIG_DIR, ConfigError, shipped_keys, validate
+from rl.envs import get_snapshots, make_vector_env, quiet_version_warnings, set_snapshots
 from rl.evaluate import EVAL_SEED_OFFSET, evaluate
-from rl.logger import Logger, write_json
+from rl.logger import Logger, start_banner, write_json
 from rl.policy import build_agent
 from rl.rollout import Collector, flatten, gae
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # What a resumed run may change; everything else comes from the checkpoint so the run stays the same run.
 # `device` and `torch_threads` may change too (to resume elsewhere), but then the bits are not promised.
 RESUME_OVERRIDABLE = ("total_timesteps", "stop_after_steps", "progress", "checkpoint_every", "checkpoint_keep",
@@ -99,8 +98,10 @@ def train(cfg, run_dir, device, resume_state=None):
         elapsed_before = resume_state["wall_seconds"]
         _restore(resume_state, agent, acting_agent, optimizers, generator, collector, envs, cfg)
 
-    logger = Logger(run_dir, OmegaConf.to_yaml(cfg), _hparams(cfg), total_steps, cfg.progress,
-                    start_step=global_step, resumed=resume_state is not None)
+    logger = Logger(run_dir, OmegaConf.to_yaml(cfg), _hparams(cfg, device), hparam_schema(), total_steps,
+                    cfg.progress, start_step=global_step, resumed=resume_state is not None)
+    print(start_banner(run_dir, algo_cfg.name, env_cfg.id, describe_device(device, cfg.device), env_cfg.num_envs,
+                       algo_cfg.num_steps, num_iterations, cfg.total_timesteps, global_step), flush=True)
     stop_at = cfg.stop_after_steps if cfg.stop_after_steps is not None else total_steps
     best = dict(resume_state["best_eval"]) if resume_state is not None else {"return": None, "step": None}
     recent_returns = deque(resume_state["recent_returns"].tolist() if resume_state is not None else [], maxlen=100)
@@ -135,16 +136,22 @@ def train(cfg, run_dir, device, resume_state=None):
                 sps = global_step / (elapsed_before + time.perf_counter() - start_time)
                 if iteration % cfg.log_every == 0 or iteration == num_iterations:
                     logger.scalars({**metrics, "charts/sps": sps}, global_step)
+                logger.progress(global_step, sps)
                 if cfg.eval_episodes > 0 and (iteration == num_iterations or (
                         cfg.eval_every and iteration % cfg.eval_every == 0)):
+                    final = iteration == num_iterations
+                    if final and not logger.interactive:
+                        logger.message(f"evaluating the final policy ({cfg.eval_episodes} episodes)")
+                    eval_start = time.perf_counter()
                     evaluation = evaluate(acting_agent, env_cfg.id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
-                                          env_kwargs)
+                                          env_kwargs, progress=final and logger.interactive)
                     mean, std = float(np.mean(evaluation[0])), float(np.std(evaluation[0]))
-                    logger.scalars({"eval/return": mean, "eval/return_std": std}, global_step)
+                    logger.scalars({"eval/return": mean, "eval/return_std": std,
+                                    "time/eval_seconds": time.perf_counter() - eval_start}, global_step)
+                    logger.message(f"eval return {mean:.1f} +/- {std:.1f} at step {global_step}")
                     if best["return"] is None or mean > best["return"]:
                         best.update({"return": mean, "step": global_step})
                         checkpoint.save_best(run_dir, state())
-                logger.progress(global_step, sps)
                 if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < num_iterations:
                     checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
             stopped = stop.requested or ("stop_after_steps" if iteration < num_iterations else None)
@@ -233,32 +240,69 @@ def _sync_acting_agent(agent, acting_agent):
     acting_agent.load_state_dict(agent.state_dict())
 
 
-def _hparams(cfg):
+def _hparams(cfg, device):
+    """This run's hyperparameters for TensorBoard's HParams table, flat (env.kwargs as one text)."""
     flat = {}
     for section in ("algo", "env"):
         for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
-            if isinstance(value, (int, float, str, bool)):
-                flat[f"{section}.{key}"] = value
-    for key in ("seed", "total_timesteps", "device"):
-        flat[key] = cfg[key]
+            flat[f"{section}.{key}"] = value
+    flat.update({"seed": cfg.seed, "total_timesteps": cfg.total_timesteps, "device": device})
     return flat
 
 
+def hparam_schema():
+    """Every HParams column any run can have: the algo keys of every algorithm, the env keys, the run keys."""
+    schema = {}
+    for name in sorted(ALGORITHMS):
+        for key, value in shipped_keys(name).items():
+            if key.startswith(("algo.", "env.")) and schema.get(key) is None:  # a typed example beats None
+                schema[key] = value
+    schema.update({"seed": 0, "total_timesteps": 0, "device": "cpu"})
+    return schema
+
+
+def describe_device(device, requested):
+    """The learner device actually used, and why when `device=auto` chose it."""
+    if device.startswith("cuda"):
+        name = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    else:
+        name = device
+    if requested == "auto":
+        return f"{name} (device=auto: {'CUDA GPU found' if device.startswith('cuda') else 'no CUDA GPU here'})"
+    return name
+
+
 def load_resume(cfg):
-    """For `resume=<run dir>`: the saved config with the allowed overrides applied, and the checkpoint."""
+    """For `resume=<run dir>`: the saved config with the allowed overrides applied, and the checkpoint.
+
+    The original command line may be repeated: an override that names the value the run already has is
+    fine; one that would change the run is refused, naming it.
+    """
     run_dir = cfg.resume
     state = checkpoint.load(checkpoint.latest(run_dir))
     saved = OmegaConf.create(state["config"])
     # These describe this invocation, not the run.
     saved.resume, saved.stop_after_steps = cfg.resume, cfg.stop_after_steps
-    overrides = [o for o in HydraConfig.get().overrides.task]
-    for override in overrides:
+    for override in HydraConfig.get().overrides.task:
         key, _, value = override.lstrip("+~").partition("=")
-        if key not in RESUME_OVERRIDABLE:
-            raise ConfigError(key, value, "cannot change on resume; a resumed run keeps its config "
-                                          f"(allowed: {', '.join(RESUME_OVERRIDABLE[:-1])})")
-        OmegaConf.update(saved, key, cfg[key], force_add=True)
+        if key in RESUME_OVERRIDABLE and not override.startswith("~"):
+            OmegaConf.update(saved, key, cfg[key], force_add=True)
+            continue
+        if override.startswith("~") or not _same_as_saved(key, value, cfg, saved):
+            was = saved.algo.name if key == "algo" else saved.env.id if key == "env" else \
+                OmegaConf.select(saved, key, default="<absent>")
+            raise ConfigError(key, value, f"differs from the run's {key}={was}; a resumed run keeps its config "
+                                          f"(only {', '.join(RESUME_OVERRIDABLE[:-1])} may change)")
     return saved, state
+
+
+def _same_as_saved(key, value, cfg, saved):
+    if key == "algo":  # a config group: the saved run names the algorithm it used
+        return value == saved.algo.name
+    if key == "env":  # env=generic names its id separately, through env.id (compared on its own)
+        return value in (saved.env.id, "generic")
+    absent = object()
+    return OmegaConf.select(saved, key, default=absent) == OmegaConf.select(cfg, key, default=absent) is not absent
 
 
 def fail(message):
@@ -280,8 +324,16 @@ def _hydra_main(cfg):
             _remove_hydra_output(run_dir)
         fail(error)
     if summary is not None:
-        print(f"done: {summary['total_timesteps']} steps in {summary['wall_seconds']:.1f}s ({summary['sps']:.0f} sps), "
-              f"eval return {summary['eval_return_mean']} over {summary['eval_episodes']} episodes -> {run_dir}")
+        print(done_line(summary, run_dir), flush=True)
+
+
+def done_line(summary, run_dir):
+    line = f"done: {summary['total_timesteps']} steps in {summary['wall_seconds']:.1f}s ({summary['sps']:.0f} sps)"
+    if summary["eval_episodes"]:
+        line += (f", eval return {summary['eval_return_mean']:.1f} +/- {summary['eval_return_std']:.1f} over "
+                 f"{summary['eval_episodes']} episodes (best {summary['best_eval_return_mean']:.1f} at step "
+                 f"{summary['best_eval_step']})")
+    return f"{line} -> {os.path.abspath(run_dir)}"
 
 
 def _remove_hydra_output(run_dir):
@@ -293,6 +345,7 @@ def _remove_hydra_output(run_dir):
 
 
 def main():
+    quiet_version_warnings()
     # Hydra prints composition errors (an unknown env or algo config, a bad override) over several
     # lines and exits 1. We let them raise so they become one line and exit 2, like our own checks.
     os.environ["HYDRA_FULL_ERROR"] = "1"

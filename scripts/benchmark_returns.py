@@ -72,7 +72,8 @@ def curve_from_tensorboard(run_dir):
     episodes that ended there, and the evaluation at that step if there was one."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    old_layout = Path(run_dir) / "tensorboard"  # runs made before event files moved to the run folder
+    events = EventAccumulator(str(old_layout if old_layout.is_dir() else run_dir), size_guidance={"scalars": 0})
     events.Reload()
     tags = events.Tags()["scalars"]
     train = defaultdict(list)

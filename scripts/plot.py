@@ -7,7 +7,7 @@
 
 Inputs are searched recursively for benchmark results (<env>/<cell>/seed<k>/curve.csv with its
 summary.json, as scripts/benchmark_returns.py writes them) and for run folders of `python -m rl.train`
-(.hydra/config.yaml and tensorboard/; their cell is the algo name). `--metric eval` plots the deterministic
+(.hydra/config.yaml and TensorBoard event files; their cell is the algo name). `--metric eval` plots the deterministic
 evaluations, `--metric train` the training episodes' returns, smoothed over `--smooth` logged points.
 Seeds of a cell are put on one step grid by linear interpolation, inside the steps every seed reached.
 """
@@ -36,7 +36,8 @@ def find_curves(paths):
                 curves[(summary["env"], summary.get("cell", summary["algo"]))].append(read_curve(csv_path))
         for config_path in sorted(root.rglob(".hydra/config.yaml")):
             run_dir = config_path.parent.parent
-            if not (run_dir / "tensorboard").is_dir() or (run_dir / "curve.csv").exists():
+            if (run_dir / "curve.csv").exists() or not (any(run_dir.glob("events.out.tfevents.*")) or
+                                                         (run_dir / "tensorboard").is_dir()):
                 continue
             from omegaconf import OmegaConf
 

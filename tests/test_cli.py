@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ def command(run_dir, *overrides):
     return [sys.executable, "-m", "rl.train", *overrides, f"hydra.run.dir={run_dir}"]
 
 
-def run_train(run_dir, *overrides, timeout=300):
+def run_train(run_dir, *overrides, timeout=1200):
     result = subprocess.run(command(run_dir, *overrides, "progress=false"), cwd=REPO, capture_output=True,
                             text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -33,7 +34,7 @@ def run_train(run_dir, *overrides, timeout=300):
 
 
 def read_events(run_dir):
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     return events
 
@@ -93,7 +94,7 @@ def test_user_config_dir_adds_an_env_without_touching_the_package(tmp_path):
     result = subprocess.run([sys.executable, "-m", "rl.train", "--config-dir", str(tmp_path / "my_configs"),
                              "env=MyPole", "algo.num_steps=64", "total_timesteps=256", "eval_episodes=1",
                              "progress=false", f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert config.env.id == "CartPole-v1" and config.env.num_envs == 2
@@ -127,26 +128,46 @@ BAD_INPUTS = {
     "npg_zero_damping": (["algo=npg", "algo.cg_damping=0"], ["algo.cg_damping"]),
     "one_sample_minibatches": (["algo.num_minibatches=256"], ["algo.num_minibatches"]),
     "non_boolean_flag": (["env.normalize_observations=maybe"], ["env.normalize_observations"]),
+    "added_unknown_algo_key": (["+algo.lr=1e-3"], ["algo.lr", "unknown key"]),
+    "added_unknown_top_level_key": (["+nosuchkey=1"], ["nosuchkey", "unknown key"]),
+    "key_of_another_algorithm": (["algo=trpo", "+algo.clip_coef=0.1"], ["algo.clip_coef", "unknown key"]),
+    "negative_eval_every": (["eval_every=-1"], ["eval_every"]),
+    "unknown_step_curvature": (["algo=trpo", "algo.step_curvature=sideways"], ["algo.step_curvature"]),
+    "env_module_that_does_not_import": (["env=generic", "env.id=no_such_module:Maze-v0"],
+                                        ["env.id", "no_such_module"]),
 }
+try:  # an env whose package is missing must name the env and the install command, not env.kwargs
+    import Box2D  # noqa: F401
+except ImportError:
+    BAD_INPUTS["env_package_not_installed"] = (["env=generic", "env.id=LunarLander-v3"],
+                                               ["env.id", "LunarLander-v3", "pip install"])
 
 
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory):
-    """Start every bad-input run at once (each spends ~2 s starting Python), then wait for all."""
+    """Every bad-input run, two at a time (a loaded 2-core machine must not time out), each unhurried."""
     root = tmp_path_factory.mktemp("bad")
-    processes = {name: subprocess.Popen(command(root / name, *overrides), cwd=REPO, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
-                 for name, (overrides, _) in BAD_INPUTS.items()}
-    results = {}
-    try:
-        for name, process in processes.items():
-            stdout, stderr = process.communicate(timeout=120)
-            results[name] = (process.returncode, stdout, stderr)
-    finally:
-        for process in processes.values():
+    jobs = {name: command(root / name, *overrides) for name, (overrides, _) in BAD_INPUTS.items()}
+    return run_bounded(jobs)
+
+
+def run_bounded(jobs, parallel=2, timeout=1200):
+    """Run {name: argv} at most `parallel` at a time. The timeout only stops a hang: it is far above what
+    any of these needs even on a busy machine. Returns {name: (returncode, stdout, stderr)}."""
+    results, pending, running = {}, list(jobs.items()), []
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, argv = pending.pop(0)
+            running.append((name, subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                   text=True)))
+        name, process = running.pop(0)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+        results[name] = (process.returncode, stdout, stderr)
     return results
 
 
@@ -168,6 +189,110 @@ def test_new_run_into_an_existing_run_folder_is_refused_without_touching_it(tmp_
     run_train(run_dir, "total_timesteps=256", "eval_episodes=0")
     config_before = (run_dir / ".hydra" / "config.yaml").read_bytes()
     result = subprocess.run(command(run_dir, "total_timesteps=512", "seed=9"), cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=1200)
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == config_before
+
+
+def test_start_banner_says_where_what_and_how_long_and_warnings_are_not_repeated(tmp_path):
+    run_dir = tmp_path / "banner"
+    result = run_train(run_dir, "algo=trpo", "env=Hopper-v4", "total_timesteps=5000", "eval_every=1",
+                       "eval_episodes=1")
+    out = result.stdout
+    assert f"run folder   {run_dir.resolve()}" in out
+    assert "training     trpo on Hopper-v4 (gymnasium " in out
+    assert "device       cpu (device=auto: no CUDA GPU here)" in out or "device       cuda" in out
+    assert "batch        2 envs x 1024 steps = 2048 steps per iteration" in out
+    assert "budget       2 iterations = 4096 steps (total_timesteps=5000 rounded down to whole iterations)" in out
+    assert f"tensorboard  tensorboard --logdir {run_dir.resolve()}" in out
+    assert out.count("has a newer version, v5") == 1
+    assert "out of date" not in result.stderr and "\x1b[" not in result.stdout + result.stderr
+    assert re.search(r"eval return -?\d+\.\d \+/- \d+\.\d at step 2048\n", out)
+    assert re.search(r"done: 4096 steps in \d+\.\ds \(\d+ sps\), eval return -?\d+\.\d \+/- \d+\.\d over 1 episodes", out)
+
+
+def hparams_of(run_dir):
+    """(experiment column names and types, this session's values) from a run's HParams summaries."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    columns, values = {}, {}
+    for path in run_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag.startswith("_hparams_"):
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    if data.HasField("experiment"):
+                        columns = {h.name: h.type for h in data.experiment.hparam_infos}
+                    if data.HasField("session_start_info"):
+                        values = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+                                  for k, v in data.session_start_info.hparams.items()}
+    return columns, values
+
+
+def test_hparams_share_every_algorithms_columns_and_show_booleans_as_words(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+
+    run_dir = tmp_path / "hparams"
+    run_train(run_dir, "algo=trpo", "total_timesteps=1024", "eval_episodes=0")
+    columns, values = hparams_of(run_dir)
+    assert {"algo.clip_coef", "algo.update_epochs", "algo.max_kl", "algo.step_size", "env.num_envs", "seed"} <= set(columns)
+    assert columns["algo.normalize_advantages"] == api_pb2.DATA_TYPE_STRING
+    assert values["algo.normalize_advantages"] == "true" and values["algo.max_kl"] == pytest.approx(0.01)
+    assert "algo.clip_coef" not in values and values["device"] == "cpu"
+    assert not (run_dir / "tensorboard").exists()  # event files sit in the run folder: runs are named by it
+
+
+def test_resume_accepts_the_repeated_command_line_and_names_what_would_change(tmp_path):
+    run_dir = tmp_path / "again"
+    original = ["algo=ppo", "env=CartPole-v1", "seed=5", "algo.clip_coef=0.3", "total_timesteps=1024"]
+    run_train(run_dir, *original, "stop_after_steps=512", "eval_episodes=0")
+    changed = subprocess.run([sys.executable, "-m", "rl.train", *original[:3], "algo.clip_coef=0.25",
+                              f"resume={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert changed.returncode == 2 and "algo.clip_coef" in changed.stderr and "0.3" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1
+    again = subprocess.run([sys.executable, "-m", "rl.train", *original, "eval_episodes=0", "progress=false",
+                            f"resume={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["total_timesteps"] == 1024
+
+
+MAZE_MODULE = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Maze(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), {}
+
+    def step(self, action):
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), float(action), False, False, {}
+
+
+gym.register("Maze-v0", entry_point=Maze, max_episode_steps=20)
+'''
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_users_own_env_module_trains_from_the_current_directory(tmp_path, vectorization):
+    (tmp_path / "my_envs.py").write_text(MAZE_MODULE)
+    run_dir = tmp_path / "maze"
+    result = subprocess.run([sys.executable, "-m", "rl.train", "env=generic", "env.id=my_envs:Maze-v0",
+                             "env.num_envs=2", f"env.vectorization={vectorization}", "algo.num_steps=64",
+                             "total_timesteps=256", "eval_episodes=2", "progress=false", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env"] == "my_envs:Maze-v0" and summary["eval_return_mean"] <= 20.0  # reward <= 1 a step
+
+
+def test_a_folder_named_rl_in_the_current_directory_does_not_shadow_the_package(tmp_path):
+    (tmp_path / "rl" / "configs").mkdir(parents=True)  # e.g. the clone itself, seen from its parent folder
+    result = subprocess.run([sys.executable, "-c", "import rl; print(rl.load.__module__)"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0 and result.stdout.strip() == "rl", result.stderr

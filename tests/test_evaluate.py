@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run(*args, env=None):
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
 
 
 @pytest.fixture(scope="module")

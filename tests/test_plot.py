@@ -68,7 +68,7 @@ def test_plot_writes_a_png_with_a_panel_per_env_and_a_line_per_cell(tmp_path):
     assert all(len(seeds) == 2 for seeds in curves.values())
     out = tmp_path / "curves.png"
     result = subprocess.run([sys.executable, str(scripts_path.SCRIPTS / "plot.py"), str(tmp_path / "results"),
-                             "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                             "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -77,7 +77,7 @@ def test_plot_reads_run_folders_through_their_tensorboard_files(tmp_path):
     run_dir = tmp_path / "runs" / "one"
     train = subprocess.run([sys.executable, "-m", "rl.train", "total_timesteps=1024", "eval_every=1",
                             "eval_episodes=2", "progress=false", f"hydra.run.dir={run_dir}"], cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=1200)
     assert train.returncode == 0, train.stderr[-2000:]
     curves = plot.find_curves([tmp_path / "runs"])
     assert list(curves) == [("CartPole-v1", "ppo")]

@@ -27,7 +27,7 @@ def launch(run_dir, *overrides):
                             stderr=subprocess.PIPE, text=True)
 
 
-def finish(process, timeout=300):
+def finish(process, timeout=1200):
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
 
@@ -46,7 +46,7 @@ def run_all(jobs, parallel=2):
 
 def scalars(run_dir):
     """Every logged scalar except wall-clock ones: {tag: [(step, value), ...]}."""
-    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
             if not tag.startswith(WALL_CLOCK_TAGS)}
