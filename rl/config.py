@@ -1,15 +1,15 @@
 """Validation of a composed config: every bad value becomes one line naming the key and the value."""
 
 import difflib
+import math
 from pathlib import Path
 
 import gymnasium as gym
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rl.algos import ALGORITHMS
 from rl.envs import check_env_id
-
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 FREE_FORM = ("env.kwargs",)  # passed through to gymnasium.make as they are
@@ -98,10 +98,51 @@ def _in_unit_interval(value):
     return _number(value) and 0 <= value <= 1
 
 
+def _check_finite_numbers(node, prefix=""):
+    """NaN and infinity pass every `> 0` test; no key of ours means them."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        if OmegaConf.is_missing(node, key):
+            continue  # a required `???` value: named by the checks that follow
+        value = node[key]
+        path = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{key}]"
+        if isinstance(value, (DictConfig, ListConfig)):
+            _check_finite_numbers(value, f"{path}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(path, value, "must be a finite number")
+
+
+def _check_memory(cfg, observation_space, action_space):
+    """Refuse networks whose weights, gradients and Adam state cannot fit in this machine's memory."""
+    obs_dim = int(math.prod(observation_space.shape))
+    out_dim = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else int(math.prod(action_space.shape))
+    for key, out in (("algo.actor_hidden_sizes", out_dim), ("algo.critic_hidden_sizes", 1)):
+        widths = [obs_dim, *_get(cfg, key), out]
+        params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+        needed = 4 * 4 * params  # float32 weights, gradients and two Adam moments
+        available = _available_memory()
+        if available is not None and needed > available:
+            raise ConfigError(key, list(_get(cfg, key)), f"{params:,} weights need about {needed / 2**30:.1f} GiB "
+                              f"(weights, gradients, Adam state); this machine has {available / 2**30:.1f} GiB free")
+
+
+def _available_memory():
+    """Bytes of memory available to a new allocation (MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def validate(cfg):
     """Raise ConfigError for the first bad value; return the resolved device string."""
     _require(cfg, "algo.name", lambda v: v in ALGORITHMS, f"unknown algorithm; choose one of {', '.join(ALGORITHMS)}")
     _check_known_keys(cfg)
+    _check_finite_numbers(cfg)
     _require(cfg, "env.id", lambda v: isinstance(v, str), "must be a gymnasium environment id")
     try:
         check_env_id(cfg.env.id)
@@ -119,7 +160,7 @@ def validate(cfg):
     for key in ("env.clip_observations", "env.clip_rewards"):
         _require(cfg, key, _positive, "must be > 0")
     _require(cfg, "env.kwargs", lambda v: isinstance(v, DictConfig), "must be a mapping of gymnasium.make arguments")
-    _check_spaces(cfg)
+    spaces = _check_spaces(cfg)
     _require(cfg, "eval_episodes", _non_negative_int, "must be an integer >= 0")
     _require(cfg, "eval_every", _non_negative_int, "must be an integer >= 0")
     _require(cfg, "log_every", _positive_int, "must be a positive integer")
@@ -128,6 +169,7 @@ def validate(cfg):
     _require(cfg, "torch_threads", lambda v: v is None or _positive_int(v), "must be a positive integer or null")
     _require(cfg, "stop_after_steps", lambda v: v is None or _positive_int(v), "must be a positive integer or null")
     _require(cfg, "progress", lambda v: v in ("auto", True, False), "must be auto, true or false")
+    _require(cfg, "nan_policy", lambda v: v in ("stop", "skip_update"), "must be stop or skip_update")
 
     algo = cfg.algo
     _require(cfg, "algo.num_steps", _positive_int, "must be a positive integer")
@@ -141,6 +183,7 @@ def validate(cfg):
     _require(cfg, "algo.activation", lambda v: v in ("tanh", "relu", "elu"), "must be tanh, relu or elu")
     for key in ("algo.actor_hidden_sizes", "algo.critic_hidden_sizes"):
         _require(cfg, key, lambda v: all(_positive_int(w) for w in v), "must be a list of positive integers")
+    _check_memory(cfg, *spaces)
     batch_size = cfg.env.num_envs * algo.num_steps
     if cfg.total_timesteps < batch_size:
         raise ConfigError("total_timesteps", cfg.total_timesteps,
@@ -182,6 +225,9 @@ def _validate_natural_gradient(cfg, batch_size):
 
 def _check_spaces(cfg):
     """Build one env: bad `env.kwargs` and spaces we cannot learn on fail here, in one line."""
+    if "render_mode" in cfg.env.kwargs:
+        raise ConfigError("env.kwargs.render_mode", cfg.env.kwargs.render_mode, "training does not render; "
+                          "record a trained policy with python -m rl.evaluate <run dir> video=true")
     try:
         env = gym.make(cfg.env.id, **OmegaConf.to_container(cfg.env.kwargs))
     except gym.error.DependencyNotInstalled as error:
@@ -198,6 +244,7 @@ def _check_spaces(cfg):
     if not (isinstance(action_space, gym.spaces.Discrete) or
             (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1)):
         raise ConfigError("env.id", cfg.env.id, f"action space {action_space} is neither Discrete nor a 1-D Box")
+    return observation_space, action_space
 
 
 def resolve_device(device):

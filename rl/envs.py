@@ -17,13 +17,78 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 
+class EnvError(RuntimeError):
+    """A sub-env failed (its step or reset raised, or its worker process died); the message is one line."""
+
+
 def make_vector_env(env_id, num_envs, vectorization="sync", start_method=None, wrappers=(), **env_kwargs):
-    """`num_envs` copies of `env_id` (made with `env_kwargs`), each wrapped in Snapshot, then `wrappers`."""
+    """`num_envs` copies of `env_id` (made with `env_kwargs`), each wrapped in Snapshot, SubEnv, then `wrappers`."""
     vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP}
     if vectorization == "async":
         vector_kwargs["context"] = start_method
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
-                        vector_kwargs=vector_kwargs, wrappers=[Snapshot, *wrappers], **env_kwargs)
+    envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
+                        vector_kwargs=vector_kwargs, wrappers=[Snapshot, SubEnv, *wrappers], **env_kwargs)
+    envs.set_attr("sub_env_index", list(range(num_envs)))
+    return envs
+
+
+def close_vector_env(envs, failed=False):
+    """Close a vector env so that no worker process outlives the run.
+
+    After a failure, a polite close can wait forever on a worker that is stuck or gone, and workers ignore
+    SIGTERM (see SubEnv), which is all multiprocessing's exit handler sends: so they are killed first.
+    """
+    processes = list(getattr(envs, "processes", []))
+    if failed:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        for process in processes:
+            process.join(timeout=10)
+    try:
+        envs.close(terminate=failed) if processes else envs.close()
+    except Exception:  # broken pipes of dead workers; the processes are already gone
+        if not failed:
+            raise
+
+
+def dead_workers(envs):
+    """Indices of async sub-envs whose worker process has exited ([] for sync envs)."""
+    return [i for i, process in enumerate(getattr(envs, "processes", [])) if not process.is_alive()]
+
+
+class SubEnv(gym.Wrapper):
+    """One sub-env as the run sees it: its failures name it, and in an async worker it leaves stopping to
+    the parent.
+
+    Ctrl-C or a job scheduler's SIGTERM reaches the whole process group; the parent, not the worker, decides
+    how to stop (checkpoint first, then close the workers), so workers ignore both.
+    """
+
+    sub_env_index = None  # set by make_vector_env
+
+    def __init__(self, env):
+        super().__init__(env)
+        if multiprocessing.parent_process() is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def step(self, action):
+        try:
+            return self.env.step(action)
+        except Exception as error:
+            raise EnvError(f"sub-env {self.sub_env_index}: step raised {_one_line(error)}") from None
+
+    def reset(self, **kwargs):
+        try:
+            return self.env.reset(**kwargs)
+        except Exception as error:
+            raise EnvError(f"sub-env {self.sub_env_index}: reset raised {_one_line(error)}") from None
+
+
+def _one_line(error):
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
 class Snapshot(gym.Wrapper):
@@ -37,11 +102,6 @@ class Snapshot(gym.Wrapper):
     def __init__(self, env):
         super().__init__(env)
         self.pending_snapshot = None
-        if multiprocessing.parent_process() is not None:
-            # An async worker: Ctrl-C or a job scheduler's SIGTERM reaches the whole process group, and the
-            # parent, not the worker, decides how to stop (checkpoint first, then close the workers).
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def get_snapshot(self):
         base = self.env.unwrapped

@@ -160,13 +160,17 @@ def run(run_dir, options):
 
     from rl import checkpoint
     from rl.logger import write_json
-    from rl.policy import trained_policy
+    from rl.policy import checkpoint_size_limit, trained_policy
 
     if not os.path.isdir(run_dir):
         raise EvaluateError(f"{run_dir}: no such run directory")
+    if options["video"]:
+        # Headless MuJoCo rendering: EGL works without a display (Mesa falls back to software). Set before
+        # anything imports mujoco, which reads it once; other envs ignore it.
+        os.environ.setdefault("MUJOCO_GL", "egl")
     path = checkpoint.resolve(run_dir, options["checkpoint"])
-    state = checkpoint.load(path)
-    config = OmegaConf.create(state["config"])
+    state = checkpoint.load(path, checkpoint_size_limit(run_dir))
+    config = checkpoint.config_of(state)
     env_id, env_kwargs = config.env.id, OmegaConf.to_container(config.env.kwargs)
     try:
         check_env_id(env_id)
@@ -176,10 +180,7 @@ def run(run_dir, options):
     seed = options["seed"] if options["seed"] is not None else config.seed + EVAL_SEED_OFFSET
     wrappers, video_folder = (), None
     if options["video"]:
-        mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
-        if mujoco:
-            os.environ.setdefault("MUJOCO_GL", "egl")  # headless: EGL works without a display (Mesa falls back)
-        _render_check(env_id, env_kwargs, mujoco)
+        _render_check(env_id, env_kwargs, "mujoco" in str(gym.spec(env_id.rpartition(":")[2]).entry_point))
         video_folder = os.path.join(run_dir, "videos")
         prefix = f"{env_id}-step{state['global_step']}"
         wrappers = _video_wrappers(env_id, video_folder, prefix, min(options["video_episodes"], options["episodes"]))

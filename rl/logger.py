@@ -12,7 +12,6 @@ from collections import deque
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-
 HPARAM_METRICS = ("eval/return", "charts/episodic_return")
 
 

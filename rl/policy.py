@@ -169,11 +169,37 @@ def build_agent(cfg, observation_space, action_space):
                  clip_rewards=env.clip_rewards, gamma=algo.gamma, orthogonal_init=algo.orthogonal_init)
 
 
+def checkpoint_size_limit(run_dir):
+    """The most bytes a checkpoint of this run may take, sized from the model its .hydra/config.yaml
+    describes; the checkpoint module's general limit when the folder has no readable config."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from rl.checkpoint import DEFAULT_MAX_BYTES, size_bound
+    from rl.envs import check_env_id
+
+    path = os.path.join(run_dir, ".hydra", "config.yaml")
+    try:
+        config = OmegaConf.load(path)
+        check_env_id(config.env.id)
+        env = gym.make(config.env.id, **OmegaConf.to_container(config.env.kwargs))
+        try:
+            agent = build_agent(config, env.observation_space, env.action_space)
+        finally:
+            env.close()
+    except Exception:  # no config, or one we cannot build a model from: the general limit applies
+        return DEFAULT_MAX_BYTES
+    return min(DEFAULT_MAX_BYTES, size_bound(sum(t.numel() for t in agent.state_dict().values())))
+
+
 def trained_policy(state):
     """The TrainedPolicy in a loaded checkpoint; its config says how to build the agent."""
     from omegaconf import OmegaConf
 
-    config = OmegaConf.create(state["config"])
+    from rl.checkpoint import config_of
+
+    config = config_of(state)
     env = gym.make(config.env.id, **OmegaConf.to_container(config.env.kwargs))
     try:
         agent = build_agent(config, env.observation_space, env.action_space)

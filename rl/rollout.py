@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from rl.envs import final_observations
+from rl.guards import check_env_output
 from rl.policy import plain_mlp
 
 
@@ -106,19 +107,22 @@ class Collector:
                                                                               "done")}
         self.view["bootstrap"] = self.bootstrap.numpy()
 
+        self.env_indices = np.arange(num_envs)
         obs, _ = envs.reset(seed=seed)
+        check_env_output("observation", obs, 0, self.env_indices)
         self.obs = obs.reshape(num_envs, obs_dim)
         self.discounted_return = np.zeros(num_envs)
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
 
     @torch.no_grad()
-    def collect(self):
+    def collect(self, global_step=0):
         """Run `num_steps` steps in every env. Returns (Rollout on the learner's device, finished episodes).
 
         Finished episodes are a list of (return, length) with raw, unscaled rewards. Per step only the
         action is computed; values and log-probabilities come afterwards in one batched pass (the policy
-        does not change during a rollout).
+        does not change during a rollout). A NaN or inf observation or reward stops the rollout with a
+        NonFiniteError naming the sub-env and the global step (counted from `global_step`).
         """
         agent, actor, buf, view = self.agent, self.agent.actor, self.buffer, self.view
         normalizer = agent.obs_normalizer
@@ -134,6 +138,8 @@ class Collector:
             if not self.discrete:  # the env gets a clipped action; the buffer keeps the sample
                 env_action = np.minimum(np.maximum(env_action, self.action_low), self.action_high)
             next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
+            check_env_output("observation", next_obs, global_step + t * num_envs, self.env_indices)
+            check_env_output("reward", reward, global_step + t * num_envs, self.env_indices)
             done = terminated | truncated
 
             self.episode_return += reward
@@ -145,7 +151,9 @@ class Collector:
                 self.episode_length[done] = 0
                 bootstrap = np.flatnonzero(truncated & ~terminated)
                 if bootstrap.size:  # value of the real last state, not of the reset one
-                    final = normalizer.normalize_numpy(final_observations(info, bootstrap).reshape(bootstrap.size, -1))
+                    final = final_observations(info, bootstrap).reshape(bootstrap.size, -1)
+                    check_env_output("final observation", final, global_step + t * num_envs, bootstrap)
+                    final = normalizer.normalize_numpy(final)
                     self.final_values[t, bootstrap] = agent.critic(torch.from_numpy(final))
 
             view["rewards"][t] = agent.reward_scaler(reward, self.discounted_return, done)

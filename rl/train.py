@@ -1,40 +1,61 @@
 """Entry point: `python -m rl.train [algo=ppo|trpo|npg] [env=<id>] [key=value ...]`.
 
 Only this module knows Hydra. It validates the config, builds the parts and runs the loop:
-collect -> GAE -> update -> log -> checkpoint, then a deterministic evaluation.
+collect -> GAE -> update -> log -> evaluate -> checkpoint.
+
+Exit codes: 0 done or stopped with a checkpoint; 2 bad input (nothing started, nothing left behind);
+1 a fault during the run (an env, a NaN, a full disk), with the last checkpoint intact; 130 stopped at
+once by a second Ctrl-C.
 """
 
 import copy
 import os
 import random
-import shutil
 import signal
 import sys
 import time
 from collections import deque
-from pathlib import Path
 
+import gymnasium as gym
 import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from torch.nn.utils import parameters_to_vector
 
-from rl import checkpoint
+from rl import checkpoint, run_folder
 from rl.algos import ALGORITHMS
 from rl.config import CONFIG_DIR, ConfigError, shipped_keys, validate
-from rl.envs import get_snapshots, make_vector_env, quiet_version_warnings, set_snapshots
+from rl.envs import (
+    EnvError,
+    close_vector_env,
+    dead_workers,
+    get_snapshots,
+    make_vector_env,
+    quiet_version_warnings,
+    set_snapshots,
+)
 from rl.evaluate import EVAL_SEED_OFFSET, evaluate
+from rl.guards import NonFiniteError
 from rl.logger import Logger, start_banner, write_json
-from rl.policy import build_agent
+from rl.policy import build_agent, checkpoint_size_limit
 from rl.rollout import Collector, flatten, gae
 
 # What a resumed run may change; everything else comes from the checkpoint so the run stays the same run.
 # `device` and `torch_threads` may change too (to resume elsewhere), but then the bits are not promised.
 RESUME_OVERRIDABLE = ("total_timesteps", "stop_after_steps", "progress", "checkpoint_every", "checkpoint_keep",
                       "eval_episodes", "eval_every", "log_every", "device", "torch_threads", "resume")
+
+
+class RunFailed(Exception):
+    """A fault after the run started; the message is one line and says what was kept."""
+
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def seed_everything(seed):
@@ -67,7 +88,8 @@ class StopRequest:
 
 def train(cfg, run_dir, device, resume_state=None):
     """Train as `cfg` says, writing everything under `run_dir`. Returns the summary dict, or None when the
-    run stopped early (signal or `stop_after_steps`) with a checkpoint to resume from."""
+    run stopped early (signal or `stop_after_steps`) with a checkpoint to resume from. A fault raises
+    RunFailed; env workers never outlive the call."""
     start_time = time.perf_counter()
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
@@ -75,12 +97,41 @@ def train(cfg, run_dir, device, resume_state=None):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)
-    algo_cfg, env_cfg = cfg.algo, cfg.env
-    algorithm = ALGORITHMS[algo_cfg.name]
+    env_cfg = cfg.env
     env_kwargs = OmegaConf.to_container(env_cfg.kwargs)
-
     envs = make_vector_env(env_cfg.id, env_cfg.num_envs, env_cfg.vectorization, env_cfg.start_method,
                            **env_kwargs)
+    progress = {"saved_step": resume_state["global_step"] if resume_state is not None else None, "step": 0}
+    failed = True
+    try:
+        summary = _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress)
+        failed = False
+        return summary
+    except (EnvError, NonFiniteError, OSError, EOFError, KeyboardInterrupt) as error:
+        raise RunFailed(*_describe_fault(error, envs, run_dir, progress)) from None
+    finally:
+        close_vector_env(envs, failed)
+
+
+def _describe_fault(error, envs, run_dir, progress):
+    """(one-line message, exit code) for a fault during a run."""
+    saved = progress["saved_step"]
+    kept = (f"the last checkpoint (step {saved}) is intact; resume with python -m rl.train resume={run_dir}"
+            if saved is not None else "no checkpoint was written yet")
+    if isinstance(error, KeyboardInterrupt):
+        return f"stopped at once by a second signal at step {progress['step']}; {kept}", 130
+    if isinstance(error, (EOFError, ConnectionError)) or (isinstance(error, OSError) and dead_workers(envs)):
+        dead = ", ".join(map(str, dead_workers(envs))) or "?"
+        return f"env worker of sub-env {dead} died ({type(error).__name__}); {kept}", 1
+    if isinstance(error, OSError):
+        where = error.filename or run_dir
+        return f"{run_dir}: cannot write ({error.strerror or error} at {where}); {kept} once there is room", 1
+    return f"{error}; {kept}", 1
+
+
+def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress):
+    algo_cfg, env_cfg = cfg.algo, cfg.env
+    algorithm = ALGORITHMS[algo_cfg.name]
     agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
     # Acting stays on the CPU where the envs are: one small batch per step is cheaper there than a
     # host-device round trip. On a GPU learner we act with a CPU copy refreshed after every update.
@@ -93,10 +144,12 @@ def train(cfg, run_dir, device, resume_state=None):
     num_iterations = cfg.total_timesteps // batch_size
     total_steps = num_iterations * batch_size
     iteration, global_step, elapsed_before = 0, 0, 0.0
+    config_digest = checkpoint.run_config_digest(run_dir)
     if resume_state is not None:
         iteration, global_step = resume_state["iteration"], resume_state["global_step"]
         elapsed_before = resume_state["wall_seconds"]
-        _restore(resume_state, agent, acting_agent, optimizers, generator, collector, envs, cfg)
+        _restore(resume_state, agent, acting_agent, optimizers, generator, collector, envs, cfg, batch_size)
+        config_digest = resume_state["run_config_digest"]
 
     logger = Logger(run_dir, OmegaConf.to_yaml(cfg), _hparams(cfg, device), hparam_schema(), total_steps,
                     cfg.progress, start_step=global_step, resumed=resume_state is not None)
@@ -121,14 +174,20 @@ def train(cfg, run_dir, device, resume_state=None):
             "env_snapshots": get_snapshots(envs),
             "best_eval": dict(best),
             "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
+            "run_config_digest": config_digest,
         }
+
+    def save():
+        checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
+        progress["saved_step"] = global_step
 
     try:
         with StopRequest() as stop:
             while iteration < num_iterations and global_step < stop_at and stop.requested is None:
                 iteration += 1
+                progress["step"] = global_step
                 metrics = _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers,
-                                   generator, collector)
+                                   generator, collector, global_step, cfg.nan_policy)
                 global_step += batch_size
                 episodes = metrics.pop("episodes")
                 recent_returns.extend(episode_return for episode_return, _ in episodes)
@@ -153,10 +212,9 @@ def train(cfg, run_dir, device, resume_state=None):
                         best.update({"return": mean, "step": global_step})
                         checkpoint.save_best(run_dir, state())
                 if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < num_iterations:
-                    checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
+                    save()
             stopped = stop.requested or ("stop_after_steps" if iteration < num_iterations else None)
-            checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
-            envs.close()
+            save()
             if stopped:
                 print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
                       f"python -m rl.train resume={run_dir}", flush=True)
@@ -185,32 +243,57 @@ def train(cfg, run_dir, device, resume_state=None):
 
 
 def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers, generator,
-             collector):
-    """One iteration: anneal, collect, GAE, update. Returns its metrics (with the finished episodes)."""
+             collector, global_step, nan_policy):
+    """One iteration: anneal, collect, GAE, update. Returns its metrics (with the finished episodes).
+
+    An update that leaves a NaN or inf in a loss or a weight raises NonFiniteError, or with
+    `nan_policy=skip_update` is undone (weights and optimizer states as before it) and counted.
+    """
     fraction_left = 1.0 - (iteration - 1) / num_iterations
     if algo_cfg.anneal_learning_rate:
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = fraction_left * algo_cfg.learning_rate
     rollout_start = time.perf_counter()
-    rollout, episodes = collector.collect()
+    rollout, episodes = collector.collect(global_step)
     update_start = time.perf_counter()
     advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                               rollout.done, algo_cfg.gamma, algo_cfg.gae_lambda)
+    before = None
+    if nan_policy == "skip_update":
+        before = (copy.deepcopy(agent.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers.values()])
     metrics = algorithm.update(agent, optimizers, flatten(rollout, advantages, returns), algo_cfg, generator,
                                fraction_left)
+    finite = bool(torch.isfinite(parameters_to_vector(agent.parameters())).all()) and all(
+        np.isfinite(value) for value in metrics.values())
+    skipped = 0
+    if not finite:
+        if before is None:
+            bad = next((k for k, v in metrics.items() if not np.isfinite(v)), "the weights")
+            raise NonFiniteError(f"the {algo_cfg.name} update at iteration {iteration} (global step "
+                                 f"{global_step + rollout.rewards.numel()}) made {bad} non-finite; "
+                                 "nan_policy=skip_update would undo such updates and go on")
+        agent.load_state_dict(before[0])
+        for optimizer, saved in zip(optimizers.values(), before[1]):
+            optimizer.load_state_dict(saved)
+        skipped = 1
+        metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
     if acting_agent is not agent:
         _sync_acting_agent(agent, acting_agent)
     metrics.update({
         "episodes": episodes,
         "charts/learning_rate": next(iter(optimizers.values())).param_groups[0]["lr"],
+        "charts/skipped_updates": skipped,
         "time/rollout_seconds": update_start - rollout_start,
         "time/update_seconds": time.perf_counter() - update_start,
     })
     return metrics
 
 
-def _restore(state, agent, acting_agent, optimizers, generator, collector, envs, cfg):
+def _restore(state, agent, acting_agent, optimizers, generator, collector, envs, cfg, batch_size):
+    if state["global_step"] != state["iteration"] * batch_size:
+        raise checkpoint.CheckpointError(f"{cfg.resume}: checkpoint says step {state['global_step']} after "
+                                         f"{state['iteration']} iterations of {batch_size}; refused")
     try:
         _restore_unchecked(state, agent, acting_agent, optimizers, generator, collector, envs, cfg)
     except Exception as error:  # a checkpoint whose contents do not fit this run
@@ -279,8 +362,11 @@ def load_resume(cfg):
     fine; one that would change the run is refused, naming it.
     """
     run_dir = cfg.resume
-    state = checkpoint.load(checkpoint.latest(run_dir))
-    saved = OmegaConf.create(state["config"])
+    state = checkpoint.load(checkpoint.latest(run_dir), checkpoint_size_limit(run_dir))
+    if state["run_config_digest"] != checkpoint.run_config_digest(run_dir):
+        raise checkpoint.CheckpointError(f"{checkpoint.latest(run_dir)}: belongs to another run (its config is not "
+                                         f"this folder's .hydra/config.yaml); refused")
+    saved = checkpoint.config_of(state)
     # These describe this invocation, not the run.
     saved.resume, saved.stop_after_steps = cfg.resume, cfg.stop_after_steps
     for override in HydraConfig.get().overrides.task:
@@ -305,9 +391,9 @@ def _same_as_saved(key, value, cfg, saved):
     return OmegaConf.select(saved, key, default=absent) == OmegaConf.select(cfg, key, default=absent) is not absent
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def fail(message, exit_code=2):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(exit_code)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
@@ -315,16 +401,54 @@ def _hydra_main(cfg):
     run_dir = cfg.resume or HydraConfig.get().runtime.output_dir
     resume_state = None
     try:
+        if os.path.abspath(run_dir) not in _TAKEN:  # Hydra's default folder, created by Hydra just now
+            _TAKEN[os.path.abspath(run_dir)] = True
+            run_folder.lock(run_dir)
         if cfg.resume:
             cfg, resume_state = load_resume(cfg)
+        _resolve(cfg)
         device = validate(cfg)
         summary = train(cfg, run_dir, device, resume_state)
-    except (ConfigError, checkpoint.CheckpointError) as error:
-        if not cfg.resume:
-            _remove_hydra_output(run_dir)
+    except (ConfigError, checkpoint.CheckpointError, run_folder.RunFolderError) as error:
+        if _TAKEN.get(os.path.abspath(run_dir)):  # a folder this process created for a run that never started
+            run_folder.remove_if_unused(run_dir)
         fail(error)
+    except RunFailed as error:
+        fail(error, error.exit_code)
     if summary is not None:
         print(done_line(summary, run_dir), flush=True)
+
+
+# Run folders this process took: {absolute path: True if it created them} (a refused run removes what it
+# created).
+_TAKEN = {}
+
+
+def _resolve(cfg):
+    """Resolve every interpolation now, so a bad one (`seed=${oc.env:UNSET}`) is one line before anything runs."""
+    try:
+        OmegaConf.resolve(cfg)
+    except MissingMandatoryValue:
+        return  # a required `???` key: validate() names it
+    except OmegaConfBaseException as error:
+        reason = " ".join(str(error).split("\n")[0].split())
+        key, raw = _unresolvable(OmegaConf.to_container(cfg, resolve=False), cfg)
+        raise ConfigError(key, raw, f"cannot be resolved ({reason})") from None
+
+
+def _unresolvable(raw, cfg, prefix=""):
+    """(dotted key, raw text) of the first value in `cfg` whose interpolation fails."""
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            found = _unresolvable(value, cfg, f"{prefix}{key}.")
+            if found[0] != "config":
+                return found
+            continue
+        try:
+            OmegaConf.select(cfg, f"{prefix}{key}")
+        except OmegaConfBaseException:
+            return f"{prefix}{key}", value
+    return "config", ""
 
 
 def done_line(summary, run_dir):
@@ -336,33 +460,44 @@ def done_line(summary, run_dir):
     return f"{line} -> {os.path.abspath(run_dir)}"
 
 
-def _remove_hydra_output(run_dir):
-    """Undo what Hydra wrote for a run that never started: the folder with only .hydra/ in it."""
-    hydra_dir = os.path.join(run_dir, ".hydra")
-    if os.path.isdir(run_dir) and os.listdir(run_dir) == [".hydra"] and set(os.listdir(hydra_dir)) <= {
-            "config.yaml", "hydra.yaml", "overrides.yaml"}:
-        shutil.rmtree(run_dir)
-
-
 def main():
     quiet_version_warnings()
+    # A failing async worker's error comes back to us as an exception (one line); gymnasium would also log
+    # it, with its traceback, at ERROR level. Its warnings still show.
+    gym.logger.min_level = gym.logger.ERROR + 1
     # Hydra prints composition errors (an unknown env or algo config, a bad override) over several
     # lines and exits 1. We let them raise so they become one line and exit 2, like our own checks.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     resume = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("resume=")]
     run_dir = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")]
-    if not resume and run_dir and os.path.exists(checkpoint.checkpoint_dir(run_dir[-1])):
-        # Checked before Hydra writes its .hydra/ files into the folder.
-        fail(f"hydra.run.dir={run_dir[-1]}: already holds a run; continue it with resume=<dir> or choose another folder")
-    if resume and resume[-1] not in ("", "null"):
-        if not os.path.isdir(resume[-1]):
-            fail(f"resume={resume[-1]}: no such run directory")
+    resume = resume[-1] if resume and resume[-1] not in ("", "null") else None
+    if resume:
+        if not os.path.isdir(resume):
+            fail(f"resume={resume}: no such run directory")
         # A resumed run writes into its own folder, and Hydra adds nothing there.
-        sys.argv += [f"hydra.run.dir={resume[-1]}", "hydra.output_subdir=null"]
+        sys.argv += [f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
+    folder = resume or (run_dir[-1] if run_dir else None)
+    if folder:  # taken before Hydra writes its .hydra/ files into it
+        created = not os.path.lexists(folder)
+        try:
+            run_folder.prepare(folder, "resume" if resume else "hydra.run.dir")
+            _TAKEN[os.path.abspath(folder)] = created
+            run_folder.lock(folder, "resume" if resume else "hydra.run.dir")
+        except run_folder.RunFolderError as error:
+            if created:
+                run_folder.remove_if_unused(folder)
+            fail(error)
+        if not resume and os.path.lexists(checkpoint.checkpoint_dir(folder)):
+            fail(f"hydra.run.dir={folder}: already holds a run; continue it with resume=<dir> or choose another "
+                 "folder")
     try:
         _hydra_main()
     except (HydraException, OmegaConfBaseException) as error:
+        if folder and _TAKEN.get(os.path.abspath(folder)):
+            run_folder.remove_if_unused(folder)
         fail(_describe_hydra_error(error))
+    except OSError as error:  # Hydra creating its default run folder or writing .hydra/
+        fail(f"{error.filename or 'run folder'}: cannot write ({error.strerror})")
 
 
 def _describe_hydra_error(error):

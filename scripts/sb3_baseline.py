@@ -81,12 +81,11 @@ def main():
     args = parser.parse_args()
 
     import torch
+    from sb3_contrib import TRPO
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
-
-    from sb3_contrib import TRPO
 
     torch.set_num_threads(args.threads)
     kwargs, policy = recipe(args.algo, args.env)

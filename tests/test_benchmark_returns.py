@@ -104,9 +104,7 @@ def test_a_run_stopped_midway_is_resumed(tmp_path):
 
 
 def test_matrix_file_orders_jobs_seed_first(tmp_path):
-    import benchmark_returns
-
-    jobs = benchmark_returns.jobs_from_matrix({"seeds": [1, 2], "cells": [
+    jobs = scripts_path.script("benchmark_returns").jobs_from_matrix({"seeds": [1, 2], "cells": [
         {"env": "A", "algo": "trpo", "name": "x", "overrides": ["algo.max_kl=0.03"]},
         {"env": "A", "algo": "ppo", "seeds": [2]}]})
     assert [(j["algo"], j["name"], j["seed"]) for j in jobs] == [("trpo", "x", 1), ("trpo", "x", 2), ("ppo", None, 2)]

@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests import scripts_path
 
-import plot  # noqa: E402  (scripts/plot.py, importable through scripts_path)
+plot = scripts_path.script("plot")
 
 REPO = Path(__file__).resolve().parent.parent
 

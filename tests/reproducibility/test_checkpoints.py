@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import rl
+from rl import checkpoint
 from tests.reproducibility.runs import (
     final_parameters,
     finish,
@@ -129,6 +130,7 @@ def test_checkpoint_with_the_right_keys_but_another_model_is_refused(finished_ru
     latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
     state = torch.load(latest, weights_only=True)
     state["agent"] = {"actor.net.0.weight": torch.zeros(7, 7)}  # another architecture
+    state["digest"] = checkpoint.payload_digest(state)  # sealed again: only the model check can refuse it
     torch.save(state, latest)
     assert "does not fit" in _resume_refused(run_dir)
 

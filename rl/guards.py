@@ -1,0 +1,33 @@
+"""Numbers a run cannot trust: NaN or infinity in what the envs return, in an update, or in what is saved.
+
+A run stops at the first one with a message naming where it came from; it never writes it to a checkpoint.
+"""
+
+import numpy as np
+import torch
+
+
+class NonFiniteError(ArithmeticError):
+    """A NaN or infinity where a run needs finite numbers; the message is one line."""
+
+
+def check_env_output(name, values, first_step, env_indices):
+    """Raise NonFiniteError if `values` (N, ...), row i from sub-env env_indices[i], hold NaN or inf.
+
+    `first_step` is the global step of sub-env 0's transition in this vector step; the message names the
+    sub-env and the global step of its transition.
+    """
+    if np.isfinite(values).all():
+        return
+    rows = np.asarray(values, dtype=np.float64).reshape(len(env_indices), -1)
+    row = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+    shown = rows[row][~np.isfinite(rows[row])][0]
+    index = int(env_indices[row])
+    raise NonFiniteError(f"non-finite {name} ({shown}) from sub-env {index} at global step {first_step + index}")
+
+
+def check_finite_tensors(what, tensors):
+    """Raise NonFiniteError naming `what` if any floating-point tensor in `tensors` holds NaN or inf."""
+    floating = [t.detach() for t in tensors if torch.is_floating_point(t)]
+    if floating and not bool(torch.stack([torch.isfinite(t).all() for t in floating]).all()):
+        raise NonFiniteError(f"non-finite values in {what}")

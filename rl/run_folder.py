@@ -1,0 +1,68 @@
+"""The run folder: created where it can be, used by one process at a time, left as it was by a run that
+never started."""
+
+import fcntl
+import os
+import shutil
+
+LOCK = ".lock"
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+_held = []  # open lock files: a lock lives as long as the process (and its forked env workers)
+
+
+class RunFolderError(Exception):
+    """A run folder that cannot be used; the message is one line."""
+
+
+def prepare(run_dir, key="hydra.run.dir"):
+    """Create `run_dir` (and its parents) or raise RunFolderError saying why it cannot be a run folder."""
+    if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
+        raise RunFolderError(f"{key}={run_dir}: exists and is not a folder")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(f"{key}={run_dir}: cannot create the run folder ({error.strerror})") from None
+
+
+def lock(run_dir, key="hydra.run.dir"):
+    """Take the run folder for this process (flock on <run_dir>/.lock, held until exit).
+
+    A second process, a new run or a resume, is refused in one line before it writes anything.
+    """
+    path = os.path.join(run_dir, LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        raise RunFolderError(f"{key}={run_dir}: cannot write in the run folder ({error.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(os.fstat(fd).st_ino)
+        os.close(fd)
+        raise RunFolderError(f"{key}={run_dir}: in use by another rl process (pid {holder}); wait for it to "
+                             "end or choose another folder") from None
+    _held.append(fd)  # nothing is written into the file: taking the lock changes nothing in the folder
+
+
+def _lock_holder(inode):
+    """The pid holding a flock on the file with this inode, from /proc/locks (Linux), or "unknown"."""
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                    return fields[4]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def remove_if_unused(run_dir):
+    """Undo the folder of a run that never started: remove it when it holds only Hydra's .hydra/ files and
+    our lock file."""
+    if not os.path.isdir(run_dir) or os.path.islink(run_dir):
+        return
+    entries = set(os.listdir(run_dir))
+    hydra_dir = os.path.join(run_dir, ".hydra")
+    if entries <= {".hydra", LOCK} and (".hydra" not in entries or set(os.listdir(hydra_dir)) <= HYDRA_FILES):
+        shutil.rmtree(run_dir)
