@@ -10,6 +10,7 @@ flipped byte anywhere is refused. Each checkpoint also carries the digest of its
 """
 
 import hashlib
+import io
 import os
 import random
 import stat
@@ -70,8 +71,7 @@ def save(run_dir, state, step, keep):
     directory = _directory(run_dir, create=True)
     name = f"step_{step:012d}.pt"
     path = os.path.join(directory, name)
-    sealed = {**state, "digest": payload_digest(state)}
-    _write_atomically(path, lambda f: torch.save(sealed, f))
+    _write_atomically(path, _serialized(state))
     # Only a complete file is ever named by `latest`.
     _write_atomically(os.path.join(directory, LATEST), lambda f: f.write(name.encode() + b"\n"))
     for old in sorted(n for n in os.listdir(directory) if n.startswith("step_") and n.endswith(".pt"))[:-keep]:
@@ -84,9 +84,17 @@ def save_best(run_dir, state):
     """Write `state` as checkpoints/best.pt (the best evaluation so far); `latest` never names it."""
     check_finite_tensors("the weights about to be checkpointed", state["agent"].values())
     path = os.path.join(_directory(run_dir, create=True), BEST)
-    sealed = {**state, "digest": payload_digest(state)}
-    _write_atomically(path, lambda f: torch.save(sealed, f))
+    _write_atomically(path, _serialized(state))
     return path
+
+
+def _serialized(state):
+    """`state` sealed with its digest, serialized in memory; returns a writer for _write_atomically. (torch's
+    own zip writer turns a failed write, a full disk, into an opaque RuntimeError; Python's write keeps the
+    OSError that says what happened.)"""
+    buffer = io.BytesIO()
+    torch.save({**state, "digest": payload_digest(state)}, buffer)
+    return lambda f: f.write(buffer.getbuffer())
 
 
 def _write_atomically(path, write):
@@ -198,12 +206,13 @@ def load(path, max_bytes=DEFAULT_MAX_BYTES):
 
 def config_of(state):
     """The run config a loaded checkpoint carries, as an OmegaConf object."""
+    import yaml
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         config = OmegaConf.create(state["config"])
-    except (OmegaConfBaseException, ValueError) as error:  # YAML errors and tags we refuse (no code runs)
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError) as error:  # no code runs: tags are refused
         raise CheckpointError(f"the checkpoint's embedded config is not valid YAML ({type(error).__name__})") from None
     if not isinstance(config, DictConfig) or "env" not in config or "algo" not in config:
         raise CheckpointError("the checkpoint's embedded config is not a run config")

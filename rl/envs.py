@@ -9,6 +9,7 @@ from the real final state.
 import importlib
 import multiprocessing
 import signal
+import time
 import warnings
 
 import gymnasium as gym
@@ -36,25 +37,39 @@ def close_vector_env(envs, failed=False):
     """Close a vector env so that no worker process outlives the run.
 
     After a failure, a polite close can wait forever on a worker that is stuck or gone, and workers ignore
-    SIGTERM (see SubEnv), which is all multiprocessing's exit handler sends: so they are killed first.
+    SIGTERM (see SubEnv), which is all multiprocessing's exit handler sends: so they are killed instead.
     """
     processes = list(getattr(envs, "processes", []))
-    if failed:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-        for process in processes:
-            process.join(timeout=10)
-    try:
-        envs.close(terminate=failed) if processes else envs.close()
-    except Exception:  # broken pipes of dead workers; the processes are already gone
-        if not failed:
-            raise
+    if not (failed and processes):
+        try:
+            envs.close()
+        except Exception:  # a sub-env's own close failing must not hide the fault being reported
+            if not failed:
+                raise
+        return
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=10)
+    for pipe in getattr(envs, "parent_pipes", []):
+        if pipe is not None:
+            pipe.close()
+    # gymnasium's close would first wait for the step in flight on pipes whose workers are gone (and so
+    # would its __del__ at exit); there is nothing left for it to close.
+    envs.closed = True
 
 
-def dead_workers(envs):
-    """Indices of async sub-envs whose worker process has exited ([] for sync envs)."""
-    return [i for i, process in enumerate(getattr(envs, "processes", [])) if not process.is_alive()]
+def dead_workers(envs, wait=2.0):
+    """Indices of async sub-envs whose worker process has exited ([] for sync envs). A worker's pipe can
+    close a moment before its process is gone, so this waits up to `wait` seconds for one to show."""
+    processes = getattr(envs, "processes", [])
+    deadline = time.monotonic() + wait
+    while True:
+        dead = [i for i, process in enumerate(processes) if not process.is_alive()]
+        if dead or not processes or time.monotonic() > deadline:
+            return dead
+        time.sleep(0.05)
 
 
 class SubEnv(gym.Wrapper):

@@ -57,12 +57,18 @@ def _lock_holder(inode):
     return "unknown"
 
 
-def remove_if_unused(run_dir):
-    """Undo the folder of a run that never started: remove it when it holds only Hydra's .hydra/ files and
-    our lock file."""
+def undo(run_dir, entries_before):
+    """Remove what a run that never started added to its folder: Hydra's .hydra/ and our lock file, and the
+    folder itself when this process created it (`entries_before` None). Anything else is left alone."""
     if not os.path.isdir(run_dir) or os.path.islink(run_dir):
         return
-    entries = set(os.listdir(run_dir))
+    before = set(entries_before or ())
+    added = set(os.listdir(run_dir)) - before
     hydra_dir = os.path.join(run_dir, ".hydra")
-    if entries <= {".hydra", LOCK} and (".hydra" not in entries or set(os.listdir(hydra_dir)) <= HYDRA_FILES):
-        shutil.rmtree(run_dir)
+    if added - {".hydra", LOCK} or (".hydra" in added and not set(os.listdir(hydra_dir)) <= HYDRA_FILES):
+        return  # the folder holds more than a refused run writes: not ours to clean
+    for name in added:
+        path = os.path.join(run_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if entries_before is None and not os.listdir(run_dir):
+        os.rmdir(run_dir)

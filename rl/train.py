@@ -120,7 +120,7 @@ def _describe_fault(error, envs, run_dir, progress):
             if saved is not None else "no checkpoint was written yet")
     if isinstance(error, KeyboardInterrupt):
         return f"stopped at once by a second signal at step {progress['step']}; {kept}", 130
-    if isinstance(error, (EOFError, ConnectionError)) or (isinstance(error, OSError) and dead_workers(envs)):
+    if isinstance(error, (EOFError, ConnectionError)):  # a worker's pipe closed under us
         dead = ", ".join(map(str, dead_workers(envs))) or "?"
         return f"env worker of sub-env {dead} died ({type(error).__name__}); {kept}", 1
     if isinstance(error, OSError):
@@ -402,7 +402,7 @@ def _hydra_main(cfg):
     resume_state = None
     try:
         if os.path.abspath(run_dir) not in _TAKEN:  # Hydra's default folder, created by Hydra just now
-            _TAKEN[os.path.abspath(run_dir)] = True
+            _TAKEN[os.path.abspath(run_dir)] = None
             run_folder.lock(run_dir)
         if cfg.resume:
             cfg, resume_state = load_resume(cfg)
@@ -410,8 +410,8 @@ def _hydra_main(cfg):
         device = validate(cfg)
         summary = train(cfg, run_dir, device, resume_state)
     except (ConfigError, checkpoint.CheckpointError, run_folder.RunFolderError) as error:
-        if _TAKEN.get(os.path.abspath(run_dir)):  # a folder this process created for a run that never started
-            run_folder.remove_if_unused(run_dir)
+        if not cfg.resume:  # a run that never started: undo what it added to its folder
+            run_folder.undo(run_dir, _TAKEN.get(os.path.abspath(run_dir)))
         fail(error)
     except RunFailed as error:
         fail(error, error.exit_code)
@@ -419,8 +419,8 @@ def _hydra_main(cfg):
         print(done_line(summary, run_dir), flush=True)
 
 
-# Run folders this process took: {absolute path: True if it created them} (a refused run removes what it
-# created).
+# Run folders this process took: {absolute path: the entries it held before, None if created here}, so a
+# refused run can undo what it added.
 _TAKEN = {}
 
 
@@ -478,23 +478,24 @@ def main():
         sys.argv += [f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
     folder = resume or (run_dir[-1] if run_dir else None)
     if folder:  # taken before Hydra writes its .hydra/ files into it
-        created = not os.path.lexists(folder)
+        before = os.listdir(folder) if os.path.isdir(folder) else None
         try:
             run_folder.prepare(folder, "resume" if resume else "hydra.run.dir")
-            _TAKEN[os.path.abspath(folder)] = created
+            _TAKEN[os.path.abspath(folder)] = before
             run_folder.lock(folder, "resume" if resume else "hydra.run.dir")
         except run_folder.RunFolderError as error:
-            if created:
-                run_folder.remove_if_unused(folder)
+            if not resume:
+                run_folder.undo(folder, before)
             fail(error)
         if not resume and os.path.lexists(checkpoint.checkpoint_dir(folder)):
+            run_folder.undo(folder, before)
             fail(f"hydra.run.dir={folder}: already holds a run; continue it with resume=<dir> or choose another "
                  "folder")
     try:
         _hydra_main()
     except (HydraException, OmegaConfBaseException) as error:
-        if folder and _TAKEN.get(os.path.abspath(folder)):
-            run_folder.remove_if_unused(folder)
+        if folder and not resume:
+            run_folder.undo(folder, _TAKEN.get(os.path.abspath(folder)))
         fail(_describe_hydra_error(error))
     except OSError as error:  # Hydra creating its default run folder or writing .hydra/
         fail(f"{error.filename or 'run folder'}: cannot write ({error.strerror})")

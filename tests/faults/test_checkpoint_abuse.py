@@ -1,0 +1,161 @@
+"""Checkpoints that were tampered with, swapped or built to exhaust memory: each refused in one line, exit 2,
+the run folder unchanged, no code run."""
+
+import os
+import shutil
+import zipfile
+
+import pytest
+import torch
+
+from rl import checkpoint
+from tests.faults.conftest import one_error_line
+from tests.reproducibility.runs import folder_digest, run_all
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("abuse")
+    results = run_all({
+        "cartpole": (root / "cartpole", ["total_timesteps=1024", "eval_episodes=0", "checkpoint_every=2"]),
+        "acrobot": (root / "acrobot", ["env=Acrobot-v1", "algo.num_steps=128", "total_timesteps=1024",
+                                        "eval_episodes=0"]),
+    })
+    for name, (rc, _, err) in results.items():
+        assert rc == 0, (name, err[-2000:])
+    return root
+
+
+def latest_file(run_dir):
+    return run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+def resealed(state):
+    """What an attacker who knows the format would write: the digest recomputed over the tampered payload."""
+    return {**state, "digest": checkpoint.payload_digest(state)}
+
+
+def tamper_storage_view(run_dir):  # a small tensor that views 8 MB: torch.save writes the whole storage
+    state = torch.load(latest_file(run_dir), weights_only=True)
+    key = "actor.net.0.bias"
+    state["agent"][key] = torch.zeros(2 * 1024 * 1024)[: state["agent"][key].numel()]
+    torch.save(resealed(state), latest_file(run_dir))
+
+
+def tamper_compressed(run_dir):  # the same entries, deflated: what it unpacks to is no longer its size
+    path = latest_file(run_dir)
+    with zipfile.ZipFile(path) as source:
+        entries = [(info, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for info, data in entries:
+            target.writestr(info.filename, data)
+
+
+def tamper_huge(run_dir):  # a sparse 2 GiB file named by latest
+    with open(latest_file(run_dir), "r+b") as f:
+        f.truncate(2 << 30)
+
+
+def tamper_latest_to_dev_zero(run_dir):
+    pointer = run_dir / "checkpoints" / "latest"
+    pointer.unlink()
+    pointer.symlink_to("/dev/zero")
+
+
+def tamper_latest_fifo(run_dir):
+    pointer = run_dir / "checkpoints" / "latest"
+    pointer.unlink()
+    os.mkfifo(pointer)
+
+
+def tamper_latest_long(run_dir):
+    (run_dir / "checkpoints" / "latest").write_bytes(b"step_" + b"0" * 100_000 + b".pt\n")
+
+
+def tamper_config(text):
+    def tamper(run_dir):
+        state = torch.load(latest_file(run_dir), weights_only=True)
+        torch.save(resealed({**state, "config": text}), latest_file(run_dir))
+    return tamper
+
+
+def tamper_flipped_byte(run_dir):  # one byte of an Adam moment, in place; the digest is not recomputed
+    path = latest_file(run_dir)
+    state = torch.load(path, weights_only=True)
+    needle = state["optimizers"]["actor"]["state"][0]["exp_avg"].reshape(-1)[:4].numpy().tobytes()
+    data = bytearray(path.read_bytes())
+    at = data.find(needle)
+    assert at > 0
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def tamper_negative_step(run_dir):
+    state = torch.load(latest_file(run_dir), weights_only=True)
+    torch.save(resealed({**state, "global_step": -5}), latest_file(run_dir))
+
+
+def tamper_inconsistent_step(run_dir):
+    state = torch.load(latest_file(run_dir), weights_only=True)
+    torch.save(resealed({**state, "global_step": state["global_step"] + 7}), latest_file(run_dir))
+
+
+def tamper_symlinked_checkpoints(run_dir):
+    elsewhere = run_dir.parent / f"{run_dir.name}_elsewhere"
+    shutil.move(run_dir / "checkpoints", elsewhere)
+    (run_dir / "checkpoints").symlink_to(elsewhere)
+
+
+CASES = {  # name: (tamper(run_dir), text the one error line must contain)
+    "storage_view_bomb": (tamper_storage_view, "views more storage than it holds"),
+    "compressed_entries": (tamper_compressed, "compressed entries"),
+    "huge_file": (tamper_huge, "more than the"),
+    "latest_symlink_to_dev_zero": (tamper_latest_to_dev_zero, "cannot open the latest pointer"),
+    "latest_fifo": (tamper_latest_fifo, "is not a regular file"),
+    "latest_too_long": (tamper_latest_long, "more than the 256"),
+    "config_not_yaml": (tamper_config("env: [unclosed\n  - {"), "embedded config is not valid YAML"),
+    "config_python_tag": (tamper_config("!!python/object/apply:os.system ['touch /tmp/rl-pwned']\n"),
+                          "embedded config is not valid YAML"),
+    "flipped_byte_in_adam_state": (tamper_flipped_byte, "checksum mismatch"),
+    "negative_global_step": (tamper_negative_step, "impossible progress counters"),
+    "step_not_a_whole_iteration": (tamper_inconsistent_step, "refused"),
+    "symlinked_checkpoints_folder": (tamper_symlinked_checkpoints, "is a symlink"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_tampered_checkpoint_is_refused_with_the_folder_unchanged(runs, tmp_path, name):
+    run_dir = tmp_path / name
+    shutil.copytree(runs / "cartpole", run_dir, symlinks=True)
+    CASES[name][0](run_dir)
+    before = folder_digest(run_dir)
+    results = run_all({name: (run_dir, [f"resume={run_dir}"])})
+    rc, _, err = results[name]
+    line = one_error_line(err)
+    assert rc == 2 and CASES[name][1] in line, line
+    assert folder_digest(run_dir) == before
+    assert not os.path.exists("/tmp/rl-pwned")
+
+
+def test_a_whole_checkpoint_of_another_run_is_refused(runs, tmp_path):
+    run_dir = tmp_path / "swapped"
+    shutil.copytree(runs / "cartpole", run_dir)
+    shutil.rmtree(run_dir / "checkpoints")
+    shutil.copytree(runs / "acrobot" / "checkpoints", run_dir / "checkpoints")  # intact, sealed, but not ours
+    before = folder_digest(run_dir)
+    rc, _, err = run_all({"swapped": (run_dir, [f"resume={run_dir}"])})["swapped"]
+    line = one_error_line(err)
+    assert rc == 2 and "belongs to another run" in line, line
+    assert folder_digest(run_dir) == before
+
+
+def test_the_evaluator_applies_the_same_checks(runs, tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "evaluate"
+    shutil.copytree(runs / "cartpole", run_dir)
+    tamper_flipped_byte(run_dir)
+    result = subprocess.run([sys.executable, "-m", "rl.evaluate", str(run_dir)], capture_output=True, text=True,
+                            timeout=900, cwd=runs.parent)
+    assert result.returncode == 2 and "checksum mismatch" in one_error_line(result.stderr)

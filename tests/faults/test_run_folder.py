@@ -1,0 +1,122 @@
+"""One run per folder; a full disk; folders that cannot be run folders; a second Ctrl-C."""
+
+import resource
+import signal
+import subprocess
+import time
+
+from tests.faults.conftest import (
+    HANG,
+    REPO,
+    faulty_overrides,
+    latest_state,
+    leftover_processes,
+    one_error_line,
+    run,
+    train_command,
+)
+from tests.reproducibility.runs import folder_digest
+
+LONG = ["total_timesteps=10000000", "checkpoint_every=2", "eval_episodes=0"]  # runs until stopped
+
+
+def start_and_wait_for_checkpoint(run_dir, *overrides):
+    process = subprocess.Popen(train_command(run_dir, *overrides), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    latest = run_dir / "checkpoints" / "latest"
+    deadline = time.monotonic() + HANG
+    while not latest.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert latest.exists() and process.poll() is None, process.stderr.read() if process.poll() is not None else ""
+    return process
+
+
+def stop(process):
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=HANG)
+    return process.returncode, out, err
+
+
+def test_a_second_process_in_a_busy_run_folder_is_refused_before_it_writes(tmp_path):
+    run_dir = tmp_path / "busy"
+    first = start_and_wait_for_checkpoint(run_dir, *LONG)
+    try:
+        config = (run_dir / ".hydra" / "config.yaml").read_bytes()
+        for second in (train_command(run_dir, "seed=9", *LONG), train_command(run_dir, f"resume={run_dir}")):
+            rc, _, err, _ = run(second)
+            line = one_error_line(err)
+            assert rc == 2 and "in use by another rl process" in line and f"pid {first.pid}" in line, line
+        assert (run_dir / ".hydra" / "config.yaml").read_bytes() == config
+    finally:
+        rc, out, err = stop(first)
+    assert rc == 0 and "stopped (SIGINT)" in out, err[-2000:]
+
+
+def limit_file_size(limit):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_is_one_line_leaves_no_tmp_and_resume_works_once_there_is_room(tmp_path):
+    run_dir = tmp_path / "full"
+    overrides = ["total_timesteps=2048", "checkpoint_every=2", "eval_episodes=0"]
+    rc, _, err, _ = run(train_command(run_dir, *overrides, "stop_after_steps=512"))
+    assert rc == 0, err[-2000:]
+    before = latest_state(run_dir)["global_step"]
+    # The next checkpoint (about 60 kB) cannot be written: the disk is "full" at 20 kB per file.
+    rc, _, err, _ = run(train_command(run_dir, f"resume={run_dir}"), preexec_fn=limit_file_size(20_000))
+    line = one_error_line(err)
+    assert rc == 1 and f"{run_dir}: cannot write" in line and "File too large" in line, line
+    assert f"(step {before}) is intact" in line
+    assert not list(run_dir.rglob("*.tmp"))
+    assert latest_state(run_dir)["global_step"] == before
+    rc, _, err, _ = run(train_command(run_dir, f"resume={run_dir}"))
+    assert rc == 0, err[-2000:]
+    assert latest_state(run_dir)["global_step"] == 2048
+
+
+def test_a_failure_with_async_workers_alive_ends_without_leftover_workers(tmp_path):
+    run_dir = tmp_path / "async_full"
+    overrides = faulty_overrides("none", "total_timesteps=4096", vectorization="async", num_envs=3)
+    rc, _, err, seconds = run(train_command(run_dir, *overrides), preexec_fn=limit_file_size(20_000))
+    line = one_error_line(err)
+    assert rc == 1 and "cannot write" in line, line
+    assert not leftover_processes(str(run_dir))
+
+
+def test_a_second_ctrl_c_stops_at_once_in_one_line_even_in_a_hung_env(tmp_path):
+    run_dir = tmp_path / "hung"
+    # Sub-env 1's worker hangs in its step 300 (iteration 5 of 128 steps), after the checkpoint at step 512.
+    overrides = faulty_overrides("hang", "total_timesteps=4096", fault_after=300, vectorization="async")
+    process = start_and_wait_for_checkpoint(run_dir, *overrides)
+    time.sleep(3)  # well into the hang
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=HANG)
+    line = one_error_line(err)
+    assert process.returncode == 130 and "stopped at once by a second signal" in line, line
+    assert not leftover_processes(str(run_dir))
+    assert latest_state(run_dir)["global_step"] == 512
+
+
+def bad_folder_cases(tmp_path):
+    existing_file = tmp_path / "a_file"
+    existing_file.write_text("not a folder")
+    return {
+        "existing_file": (existing_file, "exists and is not a folder"),
+        "read_only_filesystem": ("/proc/rl-run-folder-test", "cannot create the run folder"),
+        "name_too_long": (tmp_path / ("x" * 300), "cannot create the run folder"),
+    }
+
+
+def test_folders_that_cannot_be_run_folders_are_one_line_and_leave_nothing(tmp_path):
+    for name, (folder, text) in bad_folder_cases(tmp_path).items():
+        before = folder_digest(tmp_path)
+        rc, _, err, _ = run(train_command(folder, "total_timesteps=256"))
+        line = one_error_line(err)
+        assert rc == 2 and "hydra.run.dir=" in line and text in line, (name, line)
+        assert folder_digest(tmp_path) == before, name
