@@ -89,7 +89,7 @@ def plot(curves, out, metric="eval", smooth=10, cells=None, title=None):
     envs = sorted({env for env, _ in curves})
     if not envs:
         raise SystemExit("error: no curves found (curve.csv with summary.json, or run folders)")
-    figure, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(envs), figsize=(max(7.5, 5.5 * len(envs)), 4.3), squeeze=False)
     for axis, env in zip(axes[0], envs):
         names = [c for env_, c in curves if env_ == env]
         for cell in (cells or sorted(names)):
@@ -105,7 +105,7 @@ def plot(curves, out, metric="eval", smooth=10, cells=None, title=None):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
