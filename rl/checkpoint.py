@@ -51,8 +51,8 @@ def _directory(run_dir, create=False):
 
 
 def size_bound(num_parameters):
-    """The largest checkpoint a model of `num_parameters` float32 weights writes: the weights, their gradient-free
-    optimizer state (Adam keeps two more copies), with room to spare for RNG, env and collector state."""
+    """The most bytes a checkpoint of a model with `num_parameters` float32 numbers can need: the weights and
+    Adam's two moments are 3 copies; 32 copies plus 64 MiB for RNG, env and collector state is room to spare."""
     return (64 << 20) + 32 * 4 * num_parameters
 
 

@@ -51,9 +51,9 @@ def tamper_compressed(run_dir):  # the same entries, deflated: what it unpacks t
             target.writestr(info.filename, data)
 
 
-def tamper_huge(run_dir):  # a sparse 2 GiB file named by latest
+def tamper_huge(run_dir):  # a sparse file named by latest, larger than any checkpoint of this model can be
     with open(latest_file(run_dir), "r+b") as f:
-        f.truncate(2 << 30)
+        f.truncate(checkpoint.size_bound(20_000) + 1)  # CartPole's model has about 9,000 weights
 
 
 def tamper_latest_to_dev_zero(run_dir):
