@@ -21,11 +21,12 @@ import torch
 
 from rl.guards import check_finite_tensors
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 REQUIRED_KEYS = {"format_version": int, "config": str, "agent": dict, "optimizers": dict, "iteration": int,
-                 "global_step": int, "wall_seconds": float, "rng": dict, "collector": dict,
-                 "env_snapshots": (list, type(None)), "best_eval": dict, "recent_returns": torch.Tensor,
-                 "run_config_digest": (str, type(None)), "digest": str}
+                 "global_step": int, "wall_seconds": float, "world_size": int, "ranks": list,
+                 "best_eval": dict, "recent_returns": torch.Tensor, "run_config_digest": (str, type(None)),
+                 "digest": str}
+RANK_KEYS = {"rng": dict, "collector": dict, "env_snapshots": (list, type(None))}  # each entry of "ranks"
 LATEST = "latest"
 BEST = "best.pt"
 POINTER_MAX_BYTES = 256
@@ -191,7 +192,10 @@ def load(path, max_bytes=DEFAULT_MAX_BYTES):
         raise CheckpointError(f"{path}: not an rl checkpoint (missing or mistyped entries)")
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {state['format_version']}, expected {FORMAT_VERSION}")
-    if any(not isinstance(state.get(key), kind) for key, kind in REQUIRED_KEYS.items()):
+    if any(not isinstance(state.get(key), kind) for key, kind in REQUIRED_KEYS.items()) or \
+            len(state["ranks"]) != state["world_size"] or any(
+                not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in RANK_KEYS.items())
+                for entry in state["ranks"]):
         raise CheckpointError(f"{path}: not an rl checkpoint (missing or mistyped entries)")
     for tensor in _tensors(state):
         if tensor.untyped_storage().nbytes() > max(tensor.numel(), 1) * tensor.element_size():

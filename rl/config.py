@@ -155,7 +155,7 @@ def validate(cfg):
     _require(cfg, "env.vectorization", lambda v: v in ("sync", "async"), "must be sync or async")
     _require(cfg, "env.start_method", lambda v: v in (None, "fork", "spawn", "forkserver"),
              "must be fork, spawn, forkserver or null")
-    for key in ("env.normalize_observations", "env.normalize_rewards", "deterministic"):
+    for key in ("env.normalize_observations", "env.normalize_rewards", "deterministic", "distributed_check"):
         _require(cfg, key, _boolean, "must be true or false")
     for key in ("env.clip_observations", "env.clip_rewards"):
         _require(cfg, key, _positive, "must be > 0")
@@ -192,8 +192,10 @@ def validate(cfg):
         _require(cfg, "algo.clip_coef", _positive, "must be > 0")
         _require(cfg, "algo.update_epochs", _positive_int, "must be a positive integer")
         _require(cfg, "algo.num_minibatches",
-                 lambda v: _positive_int(v) and batch_size // v >= 2,
-                 f"must be a positive integer leaving at least 2 samples per minibatch (batch {batch_size})")
+                 lambda v: _positive_int(v) and algo.num_steps // v >= 1 and algo.num_steps // v * cfg.env.num_envs >= 2,
+                 f"must be a positive integer no larger than algo.num_steps ({algo.num_steps}) that leaves at "
+                 f"least 2 samples per minibatch (each minibatch takes num_steps // num_minibatches steps of "
+                 f"each of the {cfg.env.num_envs} envs)")
         _require(cfg, "algo.clip_value_loss", _boolean, "must be true or false")
         _require(cfg, "algo.anneal_clip_coef", _boolean, "must be true or false")
         _require(cfg, "algo.max_grad_norm", _positive, "must be > 0")
@@ -213,8 +215,9 @@ def _validate_natural_gradient(cfg, batch_size):
     _require(cfg, "algo.fvp", lambda v: v in ("analytic", "hessian"), "must be analytic or hessian")
     _require(cfg, "algo.fvp_subsample", lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
     _require(cfg, "algo.vf_iters", _positive_int, "must be a positive integer")
-    _require(cfg, "algo.vf_minibatches", lambda v: _positive_int(v) and v <= batch_size,
-             f"must be a positive integer no larger than the batch ({batch_size})")
+    _require(cfg, "algo.vf_minibatches", lambda v: _positive_int(v) and v <= cfg.algo.num_steps,
+             f"must be a positive integer no larger than algo.num_steps ({cfg.algo.num_steps}): each minibatch "
+             "takes num_steps // vf_minibatches steps of every env")
     _require(cfg, "algo.max_grad_norm", lambda v: v is None or _positive(v), "must be > 0 or null")
     if cfg.algo.name == "trpo":
         _require(cfg, "algo.line_search_max_steps", _positive_int, "must be a positive integer")

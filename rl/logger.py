@@ -35,8 +35,16 @@ def hparam_summaries(values, schema):
 
 
 class Logger:
+    """Writes a run's TensorBoard events and console lines; `enabled=False` (ranks other than 0 of a
+    distributed run) writes nothing."""
+
     def __init__(self, run_dir, config_text, hparam_values, hparam_schema, total_steps, progress="auto",
-                 start_step=0, resumed=False):
+                 start_step=0, resumed=False, enabled=True):
+        self.enabled = enabled
+        self.interactive = False
+        self.bar = None
+        if not enabled:
+            return
         # On resume, TensorBoard hides whatever an interrupted process logged past the checkpoint.
         self.writer = SummaryWriter(run_dir, purge_step=start_step + 1 if resumed else None)
         if not resumed:
@@ -55,6 +63,8 @@ class Logger:
         self.last_line = 0.0
 
     def episodes(self, episodes, step):
+        if not self.enabled:
+            return
         for episode_return, episode_length in episodes:
             self.writer.add_scalar("charts/episodic_return", episode_return, step)
             self.writer.add_scalar("charts/episodic_length", episode_length, step)
@@ -62,16 +72,22 @@ class Logger:
 
     def message(self, text):
         """A line on the console that does not break the progress bar."""
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.write(text)
         else:
             print(text, flush=True)
 
     def scalars(self, metrics, step):
+        if not self.enabled:
+            return
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, step)
 
     def progress(self, step, sps):
+        if not self.enabled:
+            return
         recent = sum(self.recent_returns) / len(self.recent_returns) if self.recent_returns else float("nan")
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
@@ -81,19 +97,22 @@ class Logger:
             print(f"step {step}/{self.total_steps}  sps {sps:.0f}  episodic_return {recent:.1f}", flush=True)
 
     def close(self):
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.close()
         self.writer.flush()
         self.writer.close()
 
 
-def start_banner(run_dir, algo, env_id, device, num_envs, num_steps, num_iterations, requested_steps, start_step):
+def start_banner(run_dir, algo, env_id, device, num_envs, num_steps, num_iterations, requested_steps, start_step,
+                 world_size=1):
     """The block a run prints before its first step: where it writes, what it trains, on what, how long."""
     import gymnasium as gym
     from gymnasium.envs.registration import find_highest_version, parse_env_id
 
     run_dir = os.path.abspath(run_dir)
-    batch = num_envs * num_steps
+    batch = world_size * num_envs * num_steps
     total = num_iterations * batch
     budget = f"{num_iterations} iterations = {total} steps"
     if total != requested_steps:
@@ -104,7 +123,8 @@ def start_banner(run_dir, algo, env_id, device, num_envs, num_steps, num_iterati
         f"run folder   {run_dir}",
         f"training     {algo} on {env_id} (gymnasium {gym.__version__})",
         f"device       {device}",
-        f"batch        {num_envs} envs x {num_steps} steps = {batch} steps per iteration",
+        f"batch        {f'{world_size} processes x ' if world_size > 1 else ''}{num_envs} envs x {num_steps} steps "
+        f"= {batch} steps per iteration",
         f"budget       {budget}",
         f"tensorboard  tensorboard --logdir {run_dir}",
     ]

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rl import distributed
 from rl.envs import final_observations
 from rl.guards import check_env_output
 from rl.policy import plain_mlp
@@ -107,6 +108,8 @@ class Collector:
                                                                               "done")}
         self.view["bootstrap"] = self.bootstrap.numpy()
 
+        # Normalizer statistics as of the last merge across ranks (see merge_running_stats).
+        self.merged = [self._snapshot(stats) for stats in self._running_stats()]
         self.env_indices = np.arange(num_envs)
         obs, _ = envs.reset(seed=seed)
         check_env_output("observation", obs, 0, self.env_indices)
@@ -162,6 +165,9 @@ class Collector:
             view["bootstrap"][t] = truncated & ~terminated
             self.obs = next_obs.reshape(num_envs, -1)
 
+        # Over several ranks, every rank's new observations and returns join one set of statistics.
+        self.merged = [distributed.merge_running_stats(stats, merged)
+                       for stats, merged in zip(self._running_stats(), self.merged)]
         flat_obs = buf.obs.flatten(0, 1)
         buf.values.copy_(agent.critic(flat_obs).view_as(buf.values))
         buf.log_probs.copy_(actor.log_prob(*actor(flat_obs), buf.actions.flatten(0, 1)).view_as(buf.log_probs))
@@ -172,8 +178,16 @@ class Collector:
         rollout = buf if self.device.type == "cpu" else buf.to(self.device)
         return rollout, episodes
 
+    def _running_stats(self):
+        return self.agent.obs_normalizer.stats, self.agent.reward_scaler.stats
+
+    @staticmethod
+    def _snapshot(stats):
+        return stats.count.clone(), stats.mean.clone(), stats.var.clone()
+
     def restart_episodes(self, seed):
         """Start fresh episodes in every env (for a resume where env state could not be saved)."""
+        self.merged = [self._snapshot(stats) for stats in self._running_stats()]  # checkpoints follow a merge
         obs, _ = self.envs.reset(seed=seed)
         self.obs = obs.reshape(self.envs.num_envs, -1)
         self.discounted_return[:] = 0.0
@@ -190,6 +204,7 @@ class Collector:
         }
 
     def load_state_dict(self, state):
+        self.merged = [self._snapshot(stats) for stats in self._running_stats()]  # checkpoints follow a merge
         self.obs = state["obs"].numpy().copy()
         self.discounted_return = state["discounted_return"].numpy().copy()
         self.episode_return = state["episode_return"].numpy().copy()
@@ -198,7 +213,7 @@ class Collector:
 
 @dataclass
 class Batch:
-    """A rollout flattened to B = T * N samples, with its advantages and returns."""
+    """A rollout flattened to B = T * N samples (row t * N + e), with its advantages and returns."""
 
     obs: torch.Tensor  # (B, obs_dim)
     actions: torch.Tensor  # (B, A) or (B,)
@@ -206,19 +221,42 @@ class Batch:
     values: torch.Tensor  # (B,)
     advantages: torch.Tensor  # (B,)
     returns: torch.Tensor  # (B,)
+    num_envs: int = 1  # N: this rank's envs
 
     def __len__(self):
         return self.obs.shape[0]
 
-    def index(self, indices):
-        return Batch(**{f.name: getattr(self, f.name)[indices] for f in fields(self)})
+    def _tensors(self):
+        return [f.name for f in fields(self) if f.name != "num_envs"]
 
-    def minibatches(self, order, count):
-        """`count` equal minibatches in the order of `order`: one gather, then slices (views)."""
-        shuffled = self.index(order)
-        size = len(self) // count
-        return [Batch(**{f.name: getattr(shuffled, f.name)[i * size:(i + 1) * size] for f in fields(self)})
-                for i in range(count)]
+    def index(self, indices):
+        return Batch(**{name: getattr(self, name)[indices] for name in self._tensors()}, num_envs=self.num_envs)
+
+    def minibatches(self, count, generator):
+        """`count` shuffled minibatches (see minibatch_indices): one gather, then slices (views)."""
+        indices = minibatch_indices(len(self) // self.num_envs, self.num_envs, count, generator, self.obs.device)
+        shuffled = self.index(indices.reshape(-1))
+        size = indices.shape[1]
+        return [Batch(**{name: getattr(shuffled, name)[i * size:(i + 1) * size] for name in self._tensors()},
+                      num_envs=self.num_envs) for i in range(count)]
+
+
+def minibatch_indices(num_steps, num_envs, count, generator, device):
+    """Rows of `count` minibatches of a (num_steps x num_envs) batch -> (count, num_steps // count * num_envs).
+
+    Each env's time steps are shuffled on their own and minibatch i takes the i-th slice of every env's
+    order, so every minibatch holds the same number of steps of each env. Every rank draws the orders of
+    all the run's envs from the shared generator and keeps its own envs' columns: the union of the ranks'
+    minibatch i is the minibatch i one process holding all envs would draw, in equal shards. With one env,
+    this is a plain shuffle of the batch.
+    """
+    all_envs = num_envs * distributed.world_size()
+    first = num_envs * distributed.rank()
+    orders = torch.stack([torch.randperm(num_steps, device=device, generator=generator) for _ in range(all_envs)], 1)
+    chunk = num_steps // count
+    steps = orders[:chunk * count, first:first + num_envs]  # (count * chunk, num_envs)
+    rows = steps * num_envs + torch.arange(num_envs, device=device)
+    return rows.view(count, chunk * num_envs)
 
 
 def flatten(rollout, advantages, returns):
@@ -226,10 +264,12 @@ def flatten(rollout, advantages, returns):
         return x.reshape(-1, *x.shape[2:])
 
     return Batch(flat(rollout.obs), flat(rollout.actions), flat(rollout.log_probs), flat(rollout.values),
-                 flat(advantages), flat(returns))
+                 flat(advantages), flat(returns), num_envs=rollout.rewards.shape[1])
 
 
 def explained_variance(predicted, target):
-    """1 - Var[target - predicted] / Var[target]; NaN when the target is constant."""
+    """1 - Var[target - predicted] / Var[target] over all ranks' samples; NaN when the target is constant."""
+    if distributed.world_size() > 1:
+        return torch.tensor(distributed.explained_variance(predicted, target))
     var = target.var()
     return torch.where(var > 0, 1 - (target - predicted).var() / var, torch.full_like(var, float("nan")))

@@ -8,11 +8,14 @@ Exit codes: 0 done or stopped with a checkpoint; 2 bad input (nothing started, n
 once by a second Ctrl-C.
 """
 
+import atexit
 import copy
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 
@@ -26,7 +29,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from torch.nn.utils import parameters_to_vector
 
-from rl import checkpoint, run_folder
+from rl import checkpoint, distributed, run_folder
 from rl.algos import ALGORITHMS
 from rl.config import CONFIG_DIR, ConfigError, shipped_keys, validate
 from rl.envs import (
@@ -47,7 +50,16 @@ from rl.rollout import Collector, flatten, gae
 # What a resumed run may change; everything else comes from the checkpoint so the run stays the same run.
 # `device` and `torch_threads` may change too (to resume elsewhere), but then the bits are not promised.
 RESUME_OVERRIDABLE = ("total_timesteps", "stop_after_steps", "progress", "checkpoint_every", "checkpoint_keep",
-                      "eval_episodes", "eval_every", "log_every", "device", "torch_threads", "resume")
+                      "eval_episodes", "eval_every", "log_every", "device", "torch_threads", "distributed_check",
+                      "nan_policy", "resume")
+
+
+# Rank r seeds its own random streams (action sampling) seed + RANK_SEED_STRIDE * r.
+RANK_SEED_STRIDE = 1_000_003
+
+
+class RanksDiverged(Exception):
+    """Ranks of a distributed run that should hold the same weights do not (distributed_check)."""
 
 
 class RunFailed(Exception):
@@ -88,15 +100,15 @@ class StopRequest:
 
 def train(cfg, run_dir, device, resume_state=None):
     """Train as `cfg` says, writing everything under `run_dir`. Returns the summary dict, or None when the
-    run stopped early (signal or `stop_after_steps`) with a checkpoint to resume from. A fault raises
-    RunFailed; env workers never outlive the call."""
+    run stopped early (signal or `stop_after_steps`) with a checkpoint to resume from, and on ranks other
+    than 0 of a distributed run. A fault raises RunFailed; env workers never outlive the call."""
     start_time = time.perf_counter()
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same on every rank: the networks start identical
     env_cfg = cfg.env
     env_kwargs = OmegaConf.to_container(env_cfg.kwargs)
     envs = make_vector_env(env_cfg.id, env_cfg.num_envs, env_cfg.vectorization, env_cfg.start_method,
@@ -107,17 +119,37 @@ def train(cfg, run_dir, device, resume_state=None):
         summary = _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress)
         failed = False
         return summary
-    except (EnvError, NonFiniteError, OSError, EOFError, KeyboardInterrupt) as error:
+    except (EnvError, NonFiniteError, RanksDiverged, OSError, EOFError, KeyboardInterrupt) as error:
         raise RunFailed(*_describe_fault(error, envs, run_dir, progress)) from None
+    except RuntimeError as error:
+        if distributed.world_size() == 1:
+            raise
+        # A collective failed: another rank died or was killed (its own message names why).
+        raise RunFailed(f"lost contact with the other ranks ({_first_line(error)}); {_kept(run_dir, progress)}") \
+            from None
     finally:
         close_vector_env(envs, failed)
 
 
+def _first_line(error):
+    return " ".join(str(error).split("\n")[0].split())[:200] or type(error).__name__
+
+
+def _kept(run_dir, progress):
+    saved = progress["saved_step"]
+    return (f"the last checkpoint (step {saved}) is intact; resume with {resume_command(run_dir)}"
+            if saved is not None else "no checkpoint was written yet")
+
+
+def resume_command(run_dir):
+    world = distributed.world_size()
+    launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
+    return f"{launcher} -m rl.train resume={run_dir}"
+
+
 def _describe_fault(error, envs, run_dir, progress):
     """(one-line message, exit code) for a fault during a run."""
-    saved = progress["saved_step"]
-    kept = (f"the last checkpoint (step {saved}) is intact; resume with python -m rl.train resume={run_dir}"
-            if saved is not None else "no checkpoint was written yet")
+    kept = _kept(run_dir, progress)
     if isinstance(error, KeyboardInterrupt):
         return f"stopped at once by a second signal at step {progress['step']}; {kept}", 130
     if isinstance(error, (EOFError, ConnectionError)):  # a worker's pipe closed under us
@@ -132,19 +164,23 @@ def _describe_fault(error, envs, run_dir, progress):
 def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress):
     algo_cfg, env_cfg = cfg.algo, cfg.env
     algorithm = ALGORITHMS[algo_cfg.name]
+    world, main = distributed.world_size(), distributed.is_main()
     agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
     # Acting stays on the CPU where the envs are: one small batch per step is cheaper there than a
     # host-device round trip. On a GPU learner we act with a CPU copy refreshed after every update.
     acting_agent = agent if torch.device(device).type == "cpu" else copy.deepcopy(agent).cpu()
     optimizers = algorithm.make_optimizers(agent, algo_cfg)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    collector = Collector(envs, acting_agent, algo_cfg.num_steps, device, cfg.seed)
+    if distributed.rank() > 0:  # each rank samples its own actions; rank 0 draws what one process would
+        seed_everything(cfg.seed + RANK_SEED_STRIDE * distributed.rank())
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # shuffling: the same on every rank
+    # Rank r's sub-env i is the run's env r * num_envs + i, seeded seed + r * num_envs + i.
+    collector = Collector(envs, acting_agent, algo_cfg.num_steps, device, cfg.seed + distributed.rank() * env_cfg.num_envs)
 
-    batch_size = env_cfg.num_envs * algo_cfg.num_steps
+    batch_size = world * env_cfg.num_envs * algo_cfg.num_steps  # global: every rank's envs
     num_iterations = cfg.total_timesteps // batch_size
     total_steps = num_iterations * batch_size
     iteration, global_step, elapsed_before = 0, 0, 0.0
-    config_digest = checkpoint.run_config_digest(run_dir)
+    config_digest = checkpoint.run_config_digest(run_dir) if main else None
     if resume_state is not None:
         iteration, global_step = resume_state["iteration"], resume_state["global_step"]
         elapsed_before = resume_state["wall_seconds"]
@@ -152,15 +188,22 @@ def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, pro
         config_digest = resume_state["run_config_digest"]
 
     logger = Logger(run_dir, OmegaConf.to_yaml(cfg), _hparams(cfg, device), hparam_schema(), total_steps,
-                    cfg.progress, start_step=global_step, resumed=resume_state is not None)
-    print(start_banner(run_dir, algo_cfg.name, env_cfg.id, describe_device(device, cfg.device), env_cfg.num_envs,
-                       algo_cfg.num_steps, num_iterations, cfg.total_timesteps, global_step), flush=True)
+                    cfg.progress, start_step=global_step, resumed=resume_state is not None, enabled=main)
+    if main:
+        print(start_banner(run_dir, algo_cfg.name, env_cfg.id, describe_device(device, cfg.device), env_cfg.num_envs,
+                           algo_cfg.num_steps, num_iterations, cfg.total_timesteps, global_step, world), flush=True)
     stop_at = cfg.stop_after_steps if cfg.stop_after_steps is not None else total_steps
     best = dict(resume_state["best_eval"]) if resume_state is not None else {"return": None, "step": None}
     recent_returns = deque(resume_state["recent_returns"].tolist() if resume_state is not None else [], maxlen=100)
     evaluation = None  # (returns, lengths) of the latest evaluation point
 
     def state():
+        """The checkpoint; every rank takes part (each adds its envs, collector and random streams)."""
+        ranks = distributed.gather_objects({
+            "rng": checkpoint.rng_state(generator),
+            "collector": collector.state_dict(),
+            "env_snapshots": get_snapshots(envs),
+        })
         return {
             "format_version": checkpoint.FORMAT_VERSION,
             "config": OmegaConf.to_yaml(cfg),
@@ -169,27 +212,31 @@ def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, pro
             "iteration": iteration,
             "global_step": global_step,
             "wall_seconds": elapsed_before + time.perf_counter() - start_time,
-            "rng": checkpoint.rng_state(generator),
-            "collector": collector.state_dict(),
-            "env_snapshots": get_snapshots(envs),
+            "world_size": world,
+            "ranks": ranks,
             "best_eval": dict(best),
             "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
             "run_config_digest": config_digest,
         }
 
     def save():
-        checkpoint.save(run_dir, state(), global_step, cfg.checkpoint_keep)
+        snapshot = state()
+        if main:
+            checkpoint.save(run_dir, snapshot, global_step, cfg.checkpoint_keep)
         progress["saved_step"] = global_step
 
     try:
         with StopRequest() as stop:
-            while iteration < num_iterations and global_step < stop_at and stop.requested is None:
+            while iteration < num_iterations and global_step < stop_at and not distributed.any_rank(stop.requested):
                 iteration += 1
                 progress["step"] = global_step
                 metrics = _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers,
                                    generator, collector, global_step, cfg.nan_policy)
+                if cfg.distributed_check:
+                    _check_ranks_agree(agent, iteration)
                 global_step += batch_size
-                episodes = metrics.pop("episodes")
+                episodes = [e for rank_episodes in distributed.gather_objects(metrics.pop("episodes"))
+                            for e in rank_episodes]
                 recent_returns.extend(episode_return for episode_return, _ in episodes)
                 logger.episodes(episodes, global_step)
                 sps = global_step / (elapsed_before + time.perf_counter() - start_time)
@@ -198,29 +245,31 @@ def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, pro
                 logger.progress(global_step, sps)
                 if cfg.eval_episodes > 0 and (iteration == num_iterations or (
                         cfg.eval_every and iteration % cfg.eval_every == 0)):
-                    final = iteration == num_iterations
-                    if final and not logger.interactive:
-                        logger.message(f"evaluating the final policy ({cfg.eval_episodes} episodes)")
-                    eval_start = time.perf_counter()
-                    evaluation = evaluate(acting_agent, env_cfg.id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
-                                          env_kwargs, progress=final and logger.interactive)
-                    mean, std = float(np.mean(evaluation[0])), float(np.std(evaluation[0]))
-                    logger.scalars({"eval/return": mean, "eval/return_std": std,
-                                    "time/eval_seconds": time.perf_counter() - eval_start}, global_step)
-                    logger.message(f"eval return {mean:.1f} +/- {std:.1f} at step {global_step}")
-                    if best["return"] is None or mean > best["return"]:
-                        best.update({"return": mean, "step": global_step})
-                        checkpoint.save_best(run_dir, state())
+                    improved = False
+                    if main:  # rank 0 evaluates; the others wait at the next collective
+                        evaluation = _evaluate(cfg, acting_agent, env_kwargs, logger, global_step,
+                                               final=iteration == num_iterations)
+                        improved = best["return"] is None or float(np.mean(evaluation[0])) > best["return"]
+                        if improved:
+                            best.update({"return": float(np.mean(evaluation[0])), "step": global_step})
+                    if distributed.broadcast_object(improved):
+                        snapshot = state()
+                        if main:
+                            checkpoint.save_best(run_dir, snapshot)
                 if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < num_iterations:
                     save()
-            stopped = stop.requested or ("stop_after_steps" if iteration < num_iterations else None)
+            stopped = (stop.requested or "a signal to another rank") if distributed.any_rank(stop.requested) \
+                else ("stop_after_steps" if iteration < num_iterations else None)
             save()
             if stopped:
-                print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
-                      f"python -m rl.train resume={run_dir}", flush=True)
+                if main:
+                    print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
+                          f"{resume_command(run_dir)}", flush=True)
                 return None
     finally:
         logger.close()
+    if not main:
+        return None
 
     wall = elapsed_before + time.perf_counter() - start_time
     returns_eval = evaluation[0] if evaluation is not None else []
@@ -228,6 +277,7 @@ def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, pro
         "env": env_cfg.id,
         "algo": algo_cfg.name,
         "seed": cfg.seed,
+        "world_size": world,
         "total_timesteps": global_step,
         "wall_seconds": wall,
         "sps": global_step / wall,
@@ -242,6 +292,28 @@ def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, pro
     return summary
 
 
+def _evaluate(cfg, acting_agent, env_kwargs, logger, global_step, final):
+    """One evaluation point: run it, log it. Returns (returns, lengths)."""
+    if final and not logger.interactive:
+        logger.message(f"evaluating the final policy ({cfg.eval_episodes} episodes)")
+    start = time.perf_counter()
+    evaluation = evaluate(acting_agent, cfg.env.id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET, env_kwargs,
+                          progress=final and logger.interactive)
+    mean, std = float(np.mean(evaluation[0])), float(np.std(evaluation[0]))
+    logger.scalars({"eval/return": mean, "eval/return_std": std, "time/eval_seconds": time.perf_counter() - start},
+                   global_step)
+    logger.message(f"eval return {mean:.1f} +/- {std:.1f} at step {global_step}")
+    return evaluation
+
+
+def _check_ranks_agree(agent, iteration):
+    """distributed_check: every rank's weights must be bit-identical after every update."""
+    digests = distributed.gather_objects(checkpoint.payload_digest({"agent": agent.state_dict()}))
+    if len(set(digests)) > 1:
+        raise RanksDiverged(f"distributed_check: the ranks' weights differ after iteration {iteration} "
+                            f"(digests {', '.join(d[:8] for d in digests)})")
+
+
 def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers, generator,
              collector, global_step, nan_policy):
     """One iteration: anneal, collect, GAE, update. Returns its metrics (with the finished episodes).
@@ -254,7 +326,7 @@ def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = fraction_left * algo_cfg.learning_rate
-    rollout_start = time.perf_counter()
+    rollout_start, communication_start = time.perf_counter(), distributed.communication_seconds()
     rollout, episodes = collector.collect(global_step)
     update_start = time.perf_counter()
     advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
@@ -287,10 +359,17 @@ def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent
         "time/rollout_seconds": update_start - rollout_start,
         "time/update_seconds": time.perf_counter() - update_start,
     })
+    if distributed.world_size() > 1:
+        metrics["time/communication_seconds"] = distributed.communication_seconds() - communication_start
     return metrics
 
 
 def _restore(state, agent, acting_agent, optimizers, generator, collector, envs, cfg, batch_size):
+    if state["world_size"] != distributed.world_size():
+        raise checkpoint.CheckpointError(
+            f"{cfg.resume}: the run was made by {state['world_size']} process(es) and resumes only with as many "
+            f"(this is {distributed.world_size()}); e.g. torchrun --nproc_per_node={state['world_size']} -m rl.train "
+            f"resume=...")
     if state["global_step"] != state["iteration"] * batch_size:
         raise checkpoint.CheckpointError(f"{cfg.resume}: checkpoint says step {state['global_step']} after "
                                          f"{state['iteration']} iterations of {batch_size}; refused")
@@ -308,12 +387,14 @@ def _restore_unchecked(state, agent, acting_agent, optimizers, generator, collec
         acting_agent.load_state_dict(state["agent"])
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(state["optimizers"][name])
-    checkpoint.restore_rng_state(state["rng"], generator)
-    if state["env_snapshots"] is not None:
-        set_snapshots(envs, state["env_snapshots"])
-        collector.load_state_dict(state["collector"])
+    own = state["ranks"][distributed.rank()]
+    checkpoint.restore_rng_state(own["rng"], generator)
+    if own["env_snapshots"] is not None:
+        set_snapshots(envs, own["env_snapshots"])
+        collector.load_state_dict(own["collector"])
     else:  # envs whose state cannot be captured start new episodes; everything else continues exactly
-        collector.restart_episodes(seed=cfg.seed + 1_000_003 * state["iteration"])
+        first_env = distributed.rank() * cfg.env.num_envs
+        collector.restart_episodes(seed=cfg.seed + first_env + 1_000_003 * state["iteration"])
 
 
 def _sync_acting_agent(agent, acting_agent):
@@ -392,31 +473,57 @@ def _same_as_saved(key, value, cfg, saved):
 
 
 def fail(message, exit_code=2):
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """One line on stderr and the exit code. In a distributed run, bad input is reported by rank 0 alone
+    (every rank finds the same); a fault during the run by each rank that meets it."""
+    if exit_code != 2 or distributed.env_rank() == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(exit_code)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def _hydra_main(cfg):
-    run_dir = cfg.resume or HydraConfig.get().runtime.output_dir
+    distributed.initialize()
+    main_rank = distributed.is_main()
+    # Rank 0's folder is the run's; the other ranks write nothing of their own.
+    run_dir = distributed.broadcast_object(os.path.abspath(cfg.resume or HydraConfig.get().runtime.output_dir))
     resume_state = None
     try:
-        if os.path.abspath(run_dir) not in _TAKEN:  # Hydra's default folder, created by Hydra just now
-            _TAKEN[os.path.abspath(run_dir)] = None
+        if main_rank and run_dir not in _TAKEN:  # Hydra's default folder, created by Hydra just now
+            _TAKEN[run_dir] = None
             run_folder.lock(run_dir)
         if cfg.resume:
-            cfg, resume_state = load_resume(cfg)
+            cfg, resume_state = _from_rank_zero(load_resume, cfg)
         _resolve(cfg)
-        device = validate(cfg)
+        device = distributed.use_device(validate(cfg))
         summary = train(cfg, run_dir, device, resume_state)
     except (ConfigError, checkpoint.CheckpointError, run_folder.RunFolderError) as error:
-        if not cfg.resume:  # a run that never started: undo what it added to its folder
-            run_folder.undo(run_dir, _TAKEN.get(os.path.abspath(run_dir)))
+        if not cfg.resume and main_rank:  # a run that never started: undo what it added to its folder
+            run_folder.undo(run_dir, _TAKEN.get(run_dir))
         fail(error)
     except RunFailed as error:
-        fail(error, error.exit_code)
+        fail(f"rank {distributed.rank()}: {error}" if distributed.world_size() > 1 else error, error.exit_code)
     if summary is not None:
         print(done_line(summary, run_dir), flush=True)
+
+
+def _from_rank_zero(load, cfg):
+    """Run `load(cfg)` -> (config, state) on rank 0 only (it reads the checkpoint) and hand every rank the
+    result, or rank 0's refusal."""
+    if distributed.world_size() == 1:
+        return load(cfg)
+    result, refusal = None, None
+    if distributed.is_main():
+        try:
+            config, state = load(cfg)
+            result = (OmegaConf.to_yaml(config), state)
+        except (ConfigError, checkpoint.CheckpointError) as error:
+            refusal = error
+    result, message = distributed.broadcast_object((result, str(refusal) if refusal else None))
+    if refusal is not None:
+        raise refusal
+    if message is not None:
+        raise ConfigError("resume", cfg.resume, f"refused on rank 0: {message}")
+    return OmegaConf.create(result[0]), result[1]
 
 
 # Run folders this process took: {absolute path: the entries it held before, None if created here}, so a
@@ -477,6 +584,13 @@ def main():
         # A resumed run writes into its own folder, and Hydra adds nothing there.
         sys.argv += [f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
     folder = resume or (run_dir[-1] if run_dir else None)
+    if distributed.requested() and distributed.env_rank() != 0:
+        # Ranks other than 0 of a torchrun job write nothing: rank 0 takes the run folder and tells them
+        # which it is. Hydra gets a scratch folder to create, removed at exit.
+        scratch = tempfile.mkdtemp(prefix="rl-rank-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+        folder = None
     if folder:  # taken before Hydra writes its .hydra/ files into it
         before = os.listdir(folder) if os.path.isdir(folder) else None
         try:

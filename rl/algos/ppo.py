@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from rl import distributed
 from rl.rollout import explained_variance
 
 
@@ -40,6 +41,9 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
     """Several epochs of shuffled minibatches of the PPO loss. Returns a dict of float metrics.
 
     `fraction_left` (1 at the first iteration, 1/K at the last) scales the clip range when `anneal_clip_coef`.
+    Over several ranks, each minibatch is the union of one equal shard per rank: advantage statistics,
+    gradients (before clipping), the early-stop KL and the metrics are global, so every rank takes the
+    step one process holding the whole batch would.
     """
     params = [p for optimizer in optimizers.values() for group in optimizer.param_groups for p in group["params"]]
     actor, critic = agent.actor, agent.critic
@@ -50,11 +54,10 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
     epochs_run = 0
     for _ in range(cfg.update_epochs):
         epoch_kl = torch.zeros((), device=batch.obs.device)
-        order = torch.randperm(len(batch), device=batch.obs.device, generator=generator)
-        for mb in batch.minibatches(order, cfg.num_minibatches):
+        for mb in batch.minibatches(cfg.num_minibatches, generator):
             advantages = mb.advantages
             if cfg.normalize_advantages:
-                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                advantages = distributed.normalize(advantages)
             dist_params = actor(mb.obs)
             pg_loss, approx_kl, clipfrac = policy_loss(actor.log_prob(*dist_params, mb.actions), mb.log_probs,
                                                        advantages, clip_coef)
@@ -65,6 +68,7 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_gradients(params)
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             for optimizer in optimizers.values():
                 optimizer.step()
@@ -72,10 +76,12 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
             epoch_kl += approx_kl.detach()
         epochs_run += 1
         # The early stop reads this epoch's mean approx_kl on the host: one sync per epoch, only when asked for.
-        if cfg.target_kl is not None and (epoch_kl / cfg.num_minibatches).item() > cfg.target_kl:
+        if cfg.target_kl is not None and (distributed.all_reduce_mean(epoch_kl) / cfg.num_minibatches).item() > \
+                cfg.target_kl:
             break
 
     explained = explained_variance(batch.values, batch.returns)  # of the critic that collected the data
+    distributed.all_reduce_mean(sums)
     means = (sums[:5] / sums[5]).tolist()
     return {
         "losses/policy_loss": means[0],

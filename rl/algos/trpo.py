@@ -10,9 +10,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
+from rl import distributed
 from rl.cg import conjugate_gradient
 from rl.fisher import FISHER_VECTOR_PRODUCTS
-from rl.rollout import explained_variance
+from rl.rollout import explained_variance, minibatch_indices
 
 
 def surrogate(actor, dist_params, actions, old_log_probs, advantages):
@@ -29,6 +30,11 @@ def natural_direction(actor, obs, policy_gradient, cfg, generator=None):
         count = max(1, round(cfg.fvp_subsample * obs.shape[0]))
         obs = obs[torch.randperm(obs.shape[0], device=obs.device, generator=generator)[:count]]
     fisher_product = FISHER_VECTOR_PRODUCTS[cfg.fvp](actor, obs)
+    if distributed.world_size() > 1:  # F of the global batch: the mean of the ranks' products
+        local_product = fisher_product
+
+        def fisher_product(vector):
+            return distributed.all_reduce_mean(local_product(vector))
     damping = cfg.cg_damping
 
     def damped(vector):
@@ -78,20 +84,25 @@ def line_search(actor, old_flat, full_step, expected_improvement, evaluate, cfg)
 
 
 def policy_step(actor, batch, cfg, generator=None):
-    """One natural-gradient step of the actor on `batch`. Returns a dict of float metrics."""
+    """One natural-gradient step of the actor on `batch`. Returns a dict of float metrics.
+
+    Over several ranks (equal batch shards), the advantage statistics, the policy gradient, every
+    Fisher-vector product and the KL and surrogate of every line-search candidate are global means, so every
+    rank takes the same step, the one a single process holding the whole batch would take.
+    """
     obs, actions = batch.obs, batch.actions
     advantages = batch.advantages
     if cfg.normalize_advantages:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        advantages = distributed.normalize(advantages)
     params = list(actor.parameters())
     dist = actor(obs)
     # Cloned: Gaussian log_std comes out as a view of the parameter, which the line search overwrites.
     old_dist = tuple(p.detach().clone() for p in dist)
     # Recomputed rather than read from the batch, so the ratio at theta_old is exactly 1.
     old_log_probs = actor.log_prob(*old_dist, actions)
-    entropy = actor.entropy(*old_dist).mean()
+    entropy = distributed.all_reduce_mean(actor.entropy(*old_dist).mean().detach())
     objective = surrogate(actor, dist, actions, old_log_probs, advantages)
-    gradient = parameters_to_vector(torch.autograd.grad(objective, params))
+    gradient = distributed.all_reduce_mean(parameters_to_vector(torch.autograd.grad(objective, params)))
     direction, fisher_product, residual, iterations = natural_direction(actor, obs, gradient, cfg, generator)
     old_flat = parameters_to_vector(params).detach()
     objective = objective.detach()
@@ -100,7 +111,10 @@ def policy_step(actor, batch, cfg, generator=None):
         with torch.no_grad():
             dist = actor(obs)
             kl = actor.kl(old_dist, dist).mean()
-            return kl, surrogate(actor, dist, actions, old_log_probs, advantages) - objective
+            improvement = surrogate(actor, dist, actions, old_log_probs, advantages) - objective
+            if distributed.world_size() > 1:
+                kl, improvement = distributed.all_reduce_mean(torch.stack([kl, improvement]))
+            return kl, improvement
 
     if cfg.name == "npg":
         step = cfg.step_size * direction
@@ -121,29 +135,34 @@ def policy_step(actor, batch, cfg, generator=None):
         "trpo/step_norm": float(step.norm()),
         "trpo/cg_residual": float(residual),
         "trpo/cg_iterations": int(iterations),
-        "losses/policy_loss": -float(objective),
+        "losses/policy_loss": -float(distributed.all_reduce_mean(objective)),
         "losses/entropy": float(entropy),
     }
 
 
 def fit_value(critic, optimizer, batch, cfg, generator):
-    """`vf_iters` epochs of shuffled minibatches of 0.5 * (V(s) - return)^2. Returns the mean loss."""
+    """`vf_iters` epochs of shuffled minibatches of 0.5 * (V(s) - return)^2. Returns the mean loss.
+
+    Minibatches as PPO's (see minibatch_indices); over several ranks the gradients are averaged.
+    """
     total = torch.zeros((), device=batch.obs.device)
     count = 0
-    size = len(batch) // cfg.vf_minibatches
+    num_steps = len(batch) // batch.num_envs
     for _ in range(cfg.vf_iters):
-        order = torch.randperm(len(batch), device=batch.obs.device, generator=generator)
+        indices = minibatch_indices(num_steps, batch.num_envs, cfg.vf_minibatches, generator, batch.obs.device)
+        order, size = indices.reshape(-1), indices.shape[1]
         obs, returns = batch.obs[order], batch.returns[order]  # only what the value loss reads
-        for start in range(0, size * cfg.vf_minibatches, size):
+        for start in range(0, order.numel(), size):
             loss = 0.5 * (critic(obs[start:start + size]) - returns[start:start + size]).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_gradients(list(critic.parameters()))
             if cfg.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm, foreach=True)
             optimizer.step()
             total += loss.detach()
             count += 1
-    return float(total) / count
+    return float(distributed.all_reduce_mean(total)) / count
 
 
 def make_optimizers(agent, cfg):
