@@ -149,14 +149,21 @@ def broadcast_object(obj):
 
 def normalize(values, epsilon=1e-8):
     """(x - mean) / (std + epsilon) with the mean and (unbiased) std of `values` over all ranks."""
+    return normalize_each([values], epsilon)[0]
+
+
+def normalize_each(groups, epsilon=1e-8):
+    """`normalize` for each tensor of `groups`, with one collective for all of them."""
     if _state["world"] == 1:
-        return (values - values.mean()) / (values.std() + epsilon)
-    moments = torch.stack([values.sum(), values.pow(2).sum(), torch.tensor(float(values.numel()),
-                                                                           device=values.device)]).double()
-    total, total_sq, count = all_reduce_sum(moments).tolist()
-    mean = total / count
-    std = max((total_sq - count * mean * mean) / (count - 1), 0.0) ** 0.5
-    return (values - mean) / (std + epsilon)
+        return [(values - values.mean()) / (values.std() + epsilon) for values in groups]
+    moments = torch.stack([torch.stack([v.sum(), v.pow(2).sum(), torch.tensor(float(v.numel()), device=v.device)])
+                           for v in groups]).double()
+    results = []
+    for values, (total, total_sq, count) in zip(groups, all_reduce_sum(moments).tolist()):
+        mean = total / count
+        std = max((total_sq - count * mean * mean) / (count - 1), 0.0) ** 0.5
+        results.append((values - mean) / (std + epsilon))
+    return results
 
 
 def explained_variance(predicted, target):

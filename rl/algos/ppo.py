@@ -54,10 +54,11 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
     epochs_run = 0
     for _ in range(cfg.update_epochs):
         epoch_kl = torch.zeros((), device=batch.obs.device)
-        for mb in batch.minibatches(cfg.num_minibatches, generator):
-            advantages = mb.advantages
-            if cfg.normalize_advantages:
-                advantages = distributed.normalize(advantages)
+        minibatches = batch.minibatches(cfg.num_minibatches, generator)
+        # Per-minibatch advantage statistics, global over ranks: one collective for the whole epoch.
+        normalized = distributed.normalize_each([mb.advantages for mb in minibatches]) \
+            if cfg.normalize_advantages else [mb.advantages for mb in minibatches]
+        for mb, advantages in zip(minibatches, normalized):
             dist_params = actor(mb.obs)
             pg_loss, approx_kl, clipfrac = policy_loss(actor.log_prob(*dist_params, mb.actions), mb.log_probs,
                                                        advantages, clip_coef)
