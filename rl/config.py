@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rl.algos import ALGORITHMS
-from rl.envs import check_env_id
+from rl.envs import BACKENDS, check_env_id, make_vector_env
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 FREE_FORM = ("env.kwargs",)  # passed through to gymnasium.make as they are
@@ -144,10 +144,14 @@ def validate(cfg):
     _check_known_keys(cfg)
     _check_finite_numbers(cfg)
     _require(cfg, "env.id", lambda v: isinstance(v, str), "must be a gymnasium environment id")
+    _require(cfg, "env.backend", lambda v: v in BACKENDS, f"must be one of {', '.join(BACKENDS)}")
+    _require(cfg, "env.num_threads", _non_negative_int, "must be an integer >= 0")
     try:
-        check_env_id(cfg.env.id)
+        check_env_id(cfg.env.id, cfg.env.backend)
     except ValueError as error:
-        raise ConfigError("env.id", cfg.env.id, f"unknown gymnasium environment ({error})") from None
+        key = "env.backend" if "pip install" in str(error) else "env.id"
+        raise ConfigError(key, _get(cfg, key), f"unknown {cfg.env.backend} environment ({error})"
+                          if key == "env.id" else str(error)) from None
     _require(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 - 20_000,
              "must be an integer in [0, 2^32 - 20000)")
     _require(cfg, "total_timesteps", _positive_int, "must be a positive integer")
@@ -232,14 +236,15 @@ def _check_spaces(cfg):
         raise ConfigError("env.kwargs.render_mode", cfg.env.kwargs.render_mode, "training does not render; "
                           "record a trained policy with python -m rl.evaluate <run dir> video=true")
     try:
-        env = gym.make(cfg.env.id, **OmegaConf.to_container(cfg.env.kwargs))
+        env = make_vector_env(cfg.env.id, 1, backend=cfg.env.backend, **OmegaConf.to_container(cfg.env.kwargs))
     except gym.error.DependencyNotInstalled as error:
         raise ConfigError("env.id", cfg.env.id, f"needs a package that is not installed: {error}") from None
     except Exception as error:  # anything the env's constructor raises
+        reason = " ".join(str(error).split())[:300]
         raise ConfigError("env.kwargs", OmegaConf.to_container(cfg.env.kwargs),
-                          f"{cfg.env.id} could not be created ({type(error).__name__}: {error})") from None
+                          f"{cfg.env.id} could not be created ({type(error).__name__}: {reason})") from None
     try:
-        observation_space, action_space = env.observation_space, env.action_space
+        observation_space, action_space = env.single_observation_space, env.single_action_space
     finally:
         env.close()
     if not isinstance(observation_space, gym.spaces.Box):

@@ -22,8 +22,20 @@ class EnvError(RuntimeError):
     """A sub-env failed (its step or reset raised, or its worker process died); the message is one line."""
 
 
-def make_vector_env(env_id, num_envs, vectorization="sync", start_method=None, wrappers=(), **env_kwargs):
-    """`num_envs` copies of `env_id` (made with `env_kwargs`), each wrapped in Snapshot, SubEnv, then `wrappers`."""
+BACKENDS = ("gymnasium", "envpool")
+
+
+def make_vector_env(env_id, num_envs, vectorization="sync", start_method=None, wrappers=(), backend="gymnasium",
+                    num_threads=0, **env_kwargs):
+    """`num_envs` copies of `env_id` made with `env_kwargs`, stepped with same-step autoreset.
+
+    backend "gymnasium": gymnasium's sync or async vector env, each sub-env wrapped in Snapshot, SubEnv, then
+    `wrappers`. backend "envpool": EnvPool's thread pool (`num_threads`, 0 = its default); see envpool_env.
+    """
+    if backend == "envpool":
+        from rl.envpool_env import EnvPoolVectorEnv
+
+        return EnvPoolVectorEnv(env_id, num_envs, num_threads, **env_kwargs)
     vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP}
     if vectorization == "async":
         vector_kwargs["context"] = start_method
@@ -164,12 +176,20 @@ def quiet_version_warnings():
     warnings.filterwarnings("ignore", message=r".*The environment .* is out of date", category=DeprecationWarning)
 
 
-def check_env_id(env_id):
-    """Raise ValueError with a one-line reason when `env_id` is not registered with gymnasium.
+def check_env_id(env_id, backend="gymnasium"):
+    """Raise ValueError with a one-line reason when `env_id` is not an env of `backend`.
 
     `module:EnvId` (gymnasium's form for envs registered by importing a module) imports the module first,
     from the current directory or PYTHONPATH.
     """
+    if backend == "envpool":
+        try:
+            from rl.envpool_env import available_ids
+        except ImportError:
+            raise ValueError('env.backend=envpool needs EnvPool: pip install -e ".[envpool]"') from None
+        if env_id not in available_ids():
+            raise ValueError("not an EnvPool env (see envpool.list_all_envs())")
+        return
     module, _, name = env_id.rpartition(":")
     if module:
         try:

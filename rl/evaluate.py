@@ -33,7 +33,8 @@ OPTIONS = {  # key -> (default, check, what it must be)
 }
 
 
-def evaluate(agent, env_id, episodes, seed, env_kwargs=None, deterministic=True, progress=False, wrappers=()):
+def evaluate(agent, env_id, episodes, seed, env_kwargs=None, deterministic=True, progress=False, wrappers=(),
+             backend="gymnasium"):
     """Run one episode in each of `episodes` fresh sub-envs (sub-env i seeded `seed + i`).
 
     The policy acts by its mode (mean / argmax) unless `deterministic=False`; normalizer statistics are
@@ -41,7 +42,7 @@ def evaluate(agent, env_id, episodes, seed, env_kwargs=None, deterministic=True,
     never changes what a training run draws next. `agent` must be on the CPU. `progress` shows a bar of
     finished episodes. Returns (returns, lengths): lists of raw episode returns and lengths.
     """
-    envs = make_vector_env(env_id, episodes, "sync", wrappers=wrappers, **(env_kwargs or {}))
+    envs = make_vector_env(env_id, episodes, "sync", wrappers=wrappers, backend=backend, **(env_kwargs or {}))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -172,8 +173,10 @@ def run(run_dir, options):
     state = checkpoint.load(path, checkpoint_size_limit(run_dir))
     config = checkpoint.config_of(state)
     env_id, env_kwargs = config.env.id, OmegaConf.to_container(config.env.kwargs)
+    # Videos render through gymnasium; otherwise evaluate on the backend the run trained on.
+    backend = "gymnasium" if options["video"] else config.env.get("backend", "gymnasium")
     try:
-        check_env_id(env_id)
+        check_env_id(env_id, backend)
     except ValueError as error:
         raise EvaluateError(f"{run_dir}: its env {env_id} cannot be made here ({error}); a module:EnvId env "
                             "needs its module on PYTHONPATH or in the current directory") from None
@@ -188,12 +191,13 @@ def run(run_dir, options):
     policy = trained_policy(state)
     interactive = sys.stderr.isatty() if options["progress"] == "auto" else options["progress"]
     returns, lengths = evaluate(policy.agent, env_id, options["episodes"], seed, env_kwargs,
-                                options["deterministic"], interactive, wrappers)
+                                options["deterministic"], interactive, wrappers, backend)
     record = {
         "run_dir": os.path.abspath(run_dir),
         "checkpoint": os.path.basename(path),
         "global_step": state["global_step"],
         "env": env_id,
+        "backend": backend,
         "episodes": options["episodes"],
         "deterministic": options["deterministic"],
         "seed": seed,

@@ -182,12 +182,8 @@ def checkpoint_size_limit(run_dir):
     path = os.path.join(run_dir, ".hydra", "config.yaml")
     try:
         config = OmegaConf.load(path)
-        check_env_id(config.env.id)
-        env = gym.make(config.env.id, **OmegaConf.to_container(config.env.kwargs))
-        try:
-            agent = build_agent(config, env.observation_space, env.action_space)
-        finally:
-            env.close()
+        check_env_id(config.env.id, config.env.get("backend", "gymnasium"))
+        agent = build_agent(config, *env_spaces(config))
     except Exception:  # no config, or one we cannot build a model from: the general limit applies
         return DEFAULT_MAX_BYTES
     return min(DEFAULT_MAX_BYTES, size_bound(sum(t.numel() for t in agent.state_dict().values())))
@@ -195,18 +191,27 @@ def checkpoint_size_limit(run_dir):
 
 def trained_policy(state):
     """The TrainedPolicy in a loaded checkpoint; its config says how to build the agent."""
-    from omegaconf import OmegaConf
-
     from rl.checkpoint import config_of
 
     config = config_of(state)
-    env = gym.make(config.env.id, **OmegaConf.to_container(config.env.kwargs))
+    observation_space, action_space = env_spaces(config)
+    agent = build_agent(config, observation_space, action_space)
+    agent.load_state_dict(state["agent"])
+    return TrainedPolicy(agent, observation_space, action_space, config, state["global_step"])
+
+
+def env_spaces(config):
+    """(observation space, action space) of one env of a run config, made with its backend and kwargs."""
+    from omegaconf import OmegaConf
+
+    from rl.envs import make_vector_env
+
+    envs = make_vector_env(config.env.id, 1, backend=config.env.get("backend", "gymnasium"),
+                           **OmegaConf.to_container(config.env.kwargs))
     try:
-        agent = build_agent(config, env.observation_space, env.action_space)
-        agent.load_state_dict(state["agent"])
-        return TrainedPolicy(agent, env.observation_space, env.action_space, config, state["global_step"])
+        return envs.single_observation_space, envs.single_action_space
     finally:
-        env.close()
+        envs.close()
 
 
 class TrainedPolicy:

@@ -112,7 +112,7 @@ def train(cfg, run_dir, device, resume_state=None):
     env_cfg = cfg.env
     env_kwargs = OmegaConf.to_container(env_cfg.kwargs)
     envs = make_vector_env(env_cfg.id, env_cfg.num_envs, env_cfg.vectorization, env_cfg.start_method,
-                           **env_kwargs)
+                           backend=env_cfg.backend, num_threads=env_cfg.num_threads, **env_kwargs)
     progress = {"saved_step": resume_state["global_step"] if resume_state is not None else None, "step": 0}
     failed = True
     try:
@@ -298,7 +298,7 @@ def _evaluate(cfg, acting_agent, env_kwargs, logger, global_step, final):
         logger.message(f"evaluating the final policy ({cfg.eval_episodes} episodes)")
     start = time.perf_counter()
     evaluation = evaluate(acting_agent, cfg.env.id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET, env_kwargs,
-                          progress=final and logger.interactive)
+                          progress=final and logger.interactive, backend=cfg.env.backend)
     mean, std = float(np.mean(evaluation[0])), float(np.std(evaluation[0]))
     logger.scalars({"eval/return": mean, "eval/return_std": std, "time/eval_seconds": time.perf_counter() - start},
                    global_step)
