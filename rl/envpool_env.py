@@ -29,6 +29,9 @@ class EnvPoolVectorEnv:
     def __init__(self, env_id, num_envs, num_threads=0, **env_kwargs):
         import envpool
 
+        # EnvPool rebuilds float32 spaces from float64 bounds at every reset, and gymnasium warns each time.
+        warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32", category=UserWarning)
+
         self.env_id, self.num_envs, self.num_threads, self.env_kwargs = env_id, num_envs, num_threads, env_kwargs
         self._envpool = envpool
         self._ids = np.arange(num_envs, dtype=np.int32)
@@ -44,12 +47,10 @@ class EnvPoolVectorEnv:
     def _make(self, seed):
         if self._pool is not None:
             self._pool.close()
-        with warnings.catch_warnings():  # EnvPool builds float32 spaces from float64 bounds, gymnasium says so
-            warnings.filterwarnings("ignore", message=".*precision lowered", category=UserWarning)
-            # Sub-env i is seeded seed + i, as gymnasium's vector envs do.
-            self._pool = self._envpool.make(self.env_id, env_type="gymnasium", num_envs=self.num_envs,
-                                            batch_size=self.num_envs, seed=int(seed), num_threads=self.num_threads,
-                                            **self.env_kwargs)
+        # Sub-env i is seeded seed + i, as gymnasium's vector envs do.
+        self._pool = self._envpool.make(self.env_id, env_type="gymnasium", num_envs=self.num_envs,
+                                        batch_size=self.num_envs, seed=int(seed), num_threads=self.num_threads,
+                                        **self.env_kwargs)
 
     @staticmethod
     def _in_order(env_ids, *arrays):
