@@ -76,7 +76,7 @@ def test_value_loss_unclipped_and_clipped():
 def ppo_config(**overrides):
     cfg = dict(learning_rate=1e-3, update_epochs=4, num_minibatches=2, normalize_advantages=True, clip_coef=0.2,
                clip_value_loss=True, entropy_coef=0.01, value_coef=0.5, max_grad_norm=0.5, target_kl=None,
-               anneal_clip_coef=False)
+               anneal_clip_coef=False, compile=False)
     cfg.update(overrides)
     return SimpleNamespace(**cfg)
 

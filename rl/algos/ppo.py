@@ -31,6 +31,27 @@ def value_loss(values, old_values, returns, clip_coef=None):
     return 0.5 * loss.mean()
 
 
+def minibatch_losses(actor, critic, mb, advantages, clip_coef, entropy_coef, value_coef, clip_values):
+    """The PPO loss of one minibatch, and (policy, value, entropy, approx_kl, clipfrac) as one tensor."""
+    dist_params = actor(mb.obs)
+    pg_loss, approx_kl, clipfrac = policy_loss(actor.log_prob(*dist_params, mb.actions), mb.log_probs, advantages,
+                                               clip_coef)
+    entropy = actor.entropy(*dist_params).mean()
+    v_loss = value_loss(critic(mb.obs), mb.values, mb.returns, clip_coef if clip_values else None)
+    loss = pg_loss - entropy_coef * entropy + value_coef * v_loss
+    return loss, torch.stack([pg_loss, v_loss, entropy, approx_kl, clipfrac]).detach()
+
+
+_compiled = {}
+
+
+def compiled(function):
+    """`function` through torch.compile, compiled once per process (compile=true)."""
+    if function not in _compiled:
+        _compiled[function] = torch.compile(function, dynamic=False)
+    return _compiled[function]
+
+
 def make_optimizers(agent, cfg):
     # Adam is per-parameter, so two optimizers on one summed loss take the same steps as one over both.
     return {name: torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, eps=1e-5, foreach=True)
@@ -49,8 +70,9 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
     actor, critic = agent.actor, agent.critic
     clip_coef = cfg.clip_coef * (fraction_left if cfg.anneal_clip_coef else 1.0)
     entropy_coef, value_coef = cfg.entropy_coef, cfg.value_coef
-    value_clip = clip_coef if cfg.clip_value_loss else None
-    sums = torch.zeros(6, device=batch.obs.device)  # policy, value, entropy, approx_kl, clipfrac, count
+    losses = compiled(minibatch_losses) if cfg.compile else minibatch_losses
+    sums = torch.zeros(5, device=batch.obs.device)  # policy, value, entropy, approx_kl, clipfrac
+    count = 0
     epochs_run = 0
     for _ in range(cfg.update_epochs):
         epoch_kl = torch.zeros((), device=batch.obs.device)
@@ -59,13 +81,8 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
         normalized = distributed.normalize_each([mb.advantages for mb in minibatches]) \
             if cfg.normalize_advantages else [mb.advantages for mb in minibatches]
         for mb, advantages in zip(minibatches, normalized):
-            dist_params = actor(mb.obs)
-            pg_loss, approx_kl, clipfrac = policy_loss(actor.log_prob(*dist_params, mb.actions), mb.log_probs,
-                                                       advantages, clip_coef)
-            entropy = actor.entropy(*dist_params).mean()
-            v_loss = value_loss(critic(mb.obs), mb.values, mb.returns, value_clip)
-            loss = pg_loss - entropy_coef * entropy + value_coef * v_loss
-
+            loss, stats = losses(actor, critic, mb, advantages, clip_coef, entropy_coef, value_coef,
+                                 cfg.clip_value_loss)
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -73,8 +90,9 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             for optimizer in optimizers.values():
                 optimizer.step()
-            sums += torch.stack([pg_loss, v_loss, entropy, approx_kl, clipfrac, torch.ones_like(pg_loss)]).detach()
-            epoch_kl += approx_kl.detach()
+            sums += stats
+            count += 1
+            epoch_kl += stats[3]
         epochs_run += 1
         # The early stop reads this epoch's mean approx_kl on the host: one sync per epoch, only when asked for.
         if cfg.target_kl is not None and (distributed.all_reduce_mean(epoch_kl) / cfg.num_minibatches).item() > \
@@ -82,8 +100,7 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
             break
 
     explained = explained_variance(batch.values, batch.returns)  # of the critic that collected the data
-    distributed.all_reduce_mean(sums)
-    means = (sums[:5] / sums[5]).tolist()
+    means = (distributed.all_reduce_mean(sums) / count).tolist()
     return {
         "losses/policy_loss": means[0],
         "losses/value_loss": means[1],

@@ -29,7 +29,7 @@ def natural_direction(actor, obs, policy_gradient, cfg, generator=None):
     if cfg.fvp_subsample < 1.0:
         count = max(1, round(cfg.fvp_subsample * obs.shape[0]))
         obs = obs[torch.randperm(obs.shape[0], device=obs.device, generator=generator)[:count]]
-    fisher_product = FISHER_VECTOR_PRODUCTS[cfg.fvp](actor, obs)
+    fisher_product = FISHER_VECTOR_PRODUCTS[cfg.fvp](actor, obs, cfg.get("compile", False))
     if distributed.world_size() > 1:  # F of the global batch: the mean of the ranks' products
         local_product = fisher_product
 

@@ -1,0 +1,69 @@
+"""algo.compile=true: the compiled PPO minibatch loss and the compiled Fisher-vector product compute what
+the eager code does, to float32 rounding."""
+
+import copy
+
+import gymnasium as gym
+import torch
+from omegaconf import OmegaConf
+
+from rl.algos import ppo, trpo
+from rl.fisher import analytic_fisher_vector_product
+from rl.policy import Agent
+from rl.rollout import Batch
+from tests.test_trpo import CONFIGS
+
+
+def problem(discrete, size=256):
+    torch.manual_seed(4)
+    action_space = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1.0, 1.0, (3,))
+    agent = Agent(gym.spaces.Box(-1.0, 1.0, (11,)), action_space)
+    obs = torch.randn(size, 11)
+    with torch.no_grad():
+        params = agent.actor(obs)
+        actions = agent.actor.sample(*params)
+        log_probs = agent.actor.log_prob(*params, actions)
+        values = agent.critic(obs)
+    advantages = torch.randn(size)
+    return agent, Batch(obs, actions, log_probs, values, advantages, values + advantages, num_envs=2)
+
+
+def config(name, **overrides):
+    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    cfg.merge_with({"num_minibatches": 4, "update_epochs": 2} if name == "ppo" else {"vf_iters": 2}, overrides)
+    return cfg
+
+
+def updated(module, cfg, discrete):
+    agent, batch = problem(discrete)
+    metrics = module.update(agent, module.make_optimizers(agent, cfg), batch, cfg, torch.Generator().manual_seed(0))
+    return agent.state_dict(), metrics
+
+
+def assert_close(eager, compiled, tolerance):
+    for key, value in eager[0].items():
+        assert torch.allclose(compiled[0][key], value, rtol=tolerance, atol=tolerance), key
+    for key, value in eager[1].items():
+        assert abs(compiled[1][key] - value) <= tolerance * (1 + abs(value)), key
+
+
+def test_compiled_ppo_update_matches_eager():
+    for discrete in (True, False):
+        assert_close(updated(ppo, config("ppo"), discrete), updated(ppo, config("ppo", compile=True), discrete), 1e-4)
+
+
+def test_compiled_fisher_vector_product_matches_eager():
+    agent, batch = problem(False, size=2048)
+    vector = torch.randn(sum(p.numel() for p in agent.actor.parameters()))
+    eager = analytic_fisher_vector_product(agent.actor, batch.obs)(vector)
+    compiled = analytic_fisher_vector_product(agent.actor, batch.obs, compile=True)(vector)
+    assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-5 * eager.abs().max().item())
+    other = copy.deepcopy(agent)  # a new update (new cache) reuses the compiled product
+    torch.nn.init.normal_(other.actor.net[0].weight)
+    assert torch.allclose(analytic_fisher_vector_product(other.actor, batch.obs, compile=True)(vector),
+                          analytic_fisher_vector_product(other.actor, batch.obs)(vector), rtol=1e-4,
+                          atol=1e-5 * eager.abs().max().item())
+
+
+def test_compiled_trpo_update_matches_eager():
+    assert_close(updated(trpo, config("trpo"), False), updated(trpo, config("trpo", compile=True), False), 1e-4)
