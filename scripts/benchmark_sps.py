@@ -1,8 +1,14 @@
 """Training throughput, ours vs Stable-Baselines3 / sb3-contrib, with matched settings, one after another.
 
-    pip install -e ".[bench]"        # stable-baselines3 and sb3-contrib
+    pip install -e ".[bench,envpool]"   # stable-baselines3, sb3-contrib, EnvPool
     python scripts/benchmark_sps.py --envs Hopper-v4 CartPole-v1 --num-envs 1 8 --steps 50000 --env-only \\
-        --json benchmarks/sps.json
+        --backends gymnasium envpool --compile both --json benchmarks/sps.json
+
+`--backends` and `--compile {eager,compiled,both}` multiply our rows (rl-ppo[envpool,compiled], ...);
+SB3 always steps gymnasium's envs (DummyVecEnv). Env-only limits are measured for every backend, and each
+of our rows is compared with the limit of its own backend. Our SPS is the whole run's (`summary.json`:
+set-up, the compile warm-up and the final checkpoint included); "steady SPS" leaves out the first
+iteration (where torch.compile compiles) by reading the run's per-iteration rollout and update times.
 
 Each measurement runs in its own process. Settings come from our composed config for the (algo, env) pair
 (`configs/`), and the anchors are built with the same values: env, num_envs (sync vector envs: DummyVecEnv
@@ -40,15 +46,23 @@ def composed_config(algo, env_id, num_envs, steps):
                                             f"total_timesteps={steps}"])
 
 
-def run_ours(algo, env_id, num_envs, steps, device, threads):
+def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium", compile=False):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     with tempfile.TemporaryDirectory() as run_dir:
         subprocess.run([sys.executable, "-m", "rl.train", f"algo={algo}", f"env={env_id}",
                         f"env.num_envs={num_envs}", f"total_timesteps={steps}", f"device={device}",
-                        f"torch_threads={threads}",
+                        f"torch_threads={threads}", f"env.backend={backend}", f"algo.compile={str(compile).lower()}",
                         "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", "progress=false",
                         f"hydra.run.dir={run_dir}"], cwd=REPO, check=True, capture_output=True)
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    return summary["total_timesteps"], summary["wall_seconds"]
+        events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+        events.Reload()
+        seconds = [r.value + u.value for r, u in zip(events.Scalars("time/rollout_seconds"),
+                                                      events.Scalars("time/update_seconds"))]
+    per_iteration = summary["total_timesteps"] / len(seconds)
+    steady = per_iteration * (len(seconds) - 1) / sum(seconds[1:]) if len(seconds) > 1 else None
+    return summary["total_timesteps"], summary["wall_seconds"], steady
 
 
 def run_sb3(algo, env_id, num_envs, steps, device, threads):
@@ -88,15 +102,15 @@ def run_sb3(algo, env_id, num_envs, steps, device, threads):
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     wall = time.perf_counter() - start
-    return model.num_timesteps, wall
+    return model.num_timesteps, wall, None
 
 
-def run_env_only(env_id, num_envs, steps):
+def run_env_only(env_id, num_envs, steps, backend="gymnasium"):
     import numpy as np
 
     from rl.envs import make_vector_env
 
-    envs = make_vector_env(env_id, num_envs, "sync")
+    envs = make_vector_env(env_id, num_envs, "sync", backend=backend)
     space = envs.action_space
     rng = np.random.default_rng(0)
     iterations = steps // num_envs
@@ -110,19 +124,20 @@ def run_env_only(env_id, num_envs, steps):
         envs.step(action)
     wall = time.perf_counter() - start
     envs.close()
-    return iterations * num_envs, wall
+    return iterations * num_envs, wall, None
 
 
 def worker(spec):
     name, env_id, num_envs, steps = spec["framework"], spec["env"], spec["num_envs"], spec["steps"]
-    device, threads = spec["device"], spec["torch_threads"]
+    device, threads, backend = spec["device"], spec["torch_threads"], spec["backend"]
     if name == "env-only":
-        done, wall = run_env_only(env_id, num_envs, steps)
+        done, wall, steady = run_env_only(env_id, num_envs, steps, backend)
     elif name.startswith("rl-"):
-        done, wall = run_ours(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads)
+        done, wall, steady = run_ours(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads, backend,
+                                      spec["compile"])
     else:
-        done, wall = run_sb3(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads)
-    print(json.dumps({**spec, "steps_done": done, "wall_seconds": wall, "sps": done / wall}))
+        done, wall, steady = run_sb3(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads)
+    print(json.dumps({**spec, "steps_done": done, "wall_seconds": wall, "sps": done / wall, "steady_sps": steady}))
 
 
 def main():
@@ -134,6 +149,10 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same for every framework")
     parser.add_argument("--env-only", action="store_true", help="also measure the env-only limit")
+    parser.add_argument("--backends", nargs="+", default=["gymnasium"], choices=["gymnasium", "envpool"],
+                        help="env backends for our rows and the env-only limits")
+    parser.add_argument("--compile", choices=["eager", "compiled", "both"], default="eager",
+                        help="our rows with algo.compile off, on, or both")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,41 +165,60 @@ def main():
         except ImportError:
             sys.exit('error: the anchors need stable-baselines3 and sb3-contrib: pip install -e ".[bench]"')
 
+    compiles = {"eager": [False], "compiled": [True], "both": [False, True]}[args.compile]
     rows = []
     for env_id in args.envs:
         for num_envs in args.num_envs:
-            names = (["env-only"] if args.env_only else []) + args.frameworks
-            for name in names:
+            specs = []
+            if args.env_only:
+                specs += [("env-only", backend, False) for backend in args.backends]
+            for name in args.frameworks:
+                if name.startswith("rl-"):
+                    specs += [(name, backend, compile) for backend in args.backends for compile in compiles]
+                else:
+                    specs.append((name, "gymnasium", False))
+            for name, backend, compile in specs:
                 spec = {"framework": name, "env": env_id, "num_envs": num_envs, "steps": args.steps,
-                        "device": args.device, "torch_threads": args.threads}
+                        "device": args.device, "torch_threads": args.threads, "backend": backend, "compile": compile}
                 out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO,
                                      capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
                 if out.returncode != 0:
                     sys.exit(f"error: {name} on {env_id} x{num_envs} failed:\n{out.stderr[-3000:]}")
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"  {name:9s} {env_id} x{num_envs}: {rows[-1]['sps']:.0f} sps", file=sys.stderr, flush=True)
+                print(f"  {label(rows[-1]):28s} {env_id} x{num_envs}: {rows[-1]['sps']:.0f} sps", file=sys.stderr,
+                      flush=True)
     print_table(rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def print_table(rows):
-    def find(name, env_id, num_envs):
-        return next((r for r in rows if (r["framework"], r["env"], r["num_envs"]) == (name, env_id, num_envs)), None)
+def label(row):
+    if row["framework"].startswith("rl-"):
+        return f"{row['framework']}[{row['backend']},{'compiled' if row['compile'] else 'eager'}]"
+    if row["framework"] == "env-only":
+        return f"env-only[{row['backend']}]"
+    return row["framework"]
 
-    print("| framework | algo | env | num_envs | device | torch threads | steps | wall s | SPS | ratio to anchor "
-          "| share of env-only limit |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+def print_table(rows):
+    def find(name, env_id, num_envs, backend="gymnasium"):
+        return next((r for r in rows if (r["framework"], r["env"], r["num_envs"], r["backend"]) ==
+                     (name, env_id, num_envs, backend)), None)
+
+    print("| framework | algo | env | num_envs | device | torch threads | steps | wall s | SPS | steady SPS | "
+          "ratio to anchor | share of env-only limit (same backend) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         algo = FRAMEWORKS.get(r["framework"], ("-", None))[0]
         anchor_name = FRAMEWORKS.get(r["framework"], (None, None))[1]
         anchor = find(anchor_name, r["env"], r["num_envs"]) if anchor_name else None
-        limit = find("env-only", r["env"], r["num_envs"])
+        limit = find("env-only", r["env"], r["num_envs"], r["backend"])
         ratio = f"{r['sps'] / anchor['sps']:.2f}x" if anchor else "-"
         share = f"{100 * r['sps'] / limit['sps']:.0f}%" if limit and r["framework"] != "env-only" else "-"
-        print(f"| {r['framework']} | {algo} | {r['env']} | {r['num_envs']} | {r['device']} | {r['torch_threads']} | "
-              f"{r['steps_done']} | {r['wall_seconds']:.1f} | {r['sps']:.0f} | {ratio} | {share} |")
+        steady = f"{r['steady_sps']:.0f}" if r.get("steady_sps") else "-"
+        print(f"| {label(r)} | {algo} | {r['env']} | {r['num_envs']} | {r['device']} | {r['torch_threads']} | "
+              f"{r['steps_done']} | {r['wall_seconds']:.1f} | {r['sps']:.0f} | {steady} | {ratio} | {share} |")
 
 
 if __name__ == "__main__":
