@@ -99,6 +99,14 @@ def test_accepted_step_keeps_kl_below_max_and_improves(kind):
         improvement = float(reference_surrogate(actor, kind, batch, batch.advantages) - old_surrogate)
     assert improvement > 0
     assert metrics["trpo/surrogate_improvement"] == pytest.approx(improvement, rel=1e-9)
+    if kind == "gaussian":  # the std's own share of the KL, by torch.distributions, and no more than all of it
+        old_std, new_std = old_dist.stddev[0], actor(batch.obs)[1][0].exp().detach()
+        expected = kl_divergence(torch.distributions.Normal(torch.zeros_like(old_std), old_std),
+                                 torch.distributions.Normal(torch.zeros_like(new_std), new_std)).sum()
+        assert metrics["trpo/kl_from_std"] == pytest.approx(float(expected), rel=1e-9, abs=1e-15)
+        assert 0 < metrics["trpo/kl_from_std"] < metrics["trpo/kl"]
+    else:
+        assert "trpo/kl_from_std" not in metrics
 
 
 def _line_search_setup(kind, seed):

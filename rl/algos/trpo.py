@@ -105,6 +105,7 @@ def policy_step(actor, batch, cfg, generator=None):
     gradient = distributed.all_reduce_mean(parameters_to_vector(torch.autograd.grad(objective, params)))
     direction, fisher_product, residual, iterations = natural_direction(actor, obs, gradient, cfg, generator)
     old_flat = parameters_to_vector(params).detach()
+    old_log_std = actor.log_std.detach().clone() if hasattr(actor, "log_std") else None
     objective = objective.detach()
 
     def evaluate():
@@ -127,7 +128,7 @@ def policy_step(actor, batch, cfg, generator=None):
         step = trust_region_step(direction, fisher_product, cfg.max_kl, damping)
         expected = gradient @ step
         steps, kl, improvement = line_search(actor, old_flat, step, float(expected), evaluate, cfg)
-    return {
+    metrics = {
         "trpo/kl": kl,
         "trpo/surrogate_improvement": improvement,
         "trpo/expected_improvement": float(expected),
@@ -138,6 +139,12 @@ def policy_step(actor, batch, cfg, generator=None):
         "losses/policy_loss": -float(distributed.all_reduce_mean(objective)),
         "losses/entropy": float(entropy),
     }
+    if old_log_std is not None:
+        # The part of the step's KL spent on the (state-independent) std alone: sum_d of
+        # KL(N(0, s_old^2) || N(0, s^2)). A large share shrinks exploration fast (docs/benchmarks.md).
+        change = (actor.log_std.detach() - old_log_std).double()
+        metrics["trpo/kl_from_std"] = float((0.5 * torch.exp(-2.0 * change) - 0.5 + change).sum())
+    return metrics
 
 
 def fit_value(critic, optimizer, batch, cfg, generator):
