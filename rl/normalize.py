@@ -22,10 +22,11 @@ class RunningMeanStd(nn.Module):
 
     def numpy_views(self):
         """(mean, var, count) as NumPy arrays sharing memory with the buffers (which must be on the CPU)."""
-        views = getattr(self, "_views", None)
-        if views is None or views[0].ctypes.data != self.mean.data_ptr():  # buffers were replaced (.to(), ...)
-            views = self._views = (self.mean.numpy(), self.var.numpy(), self.count.numpy())
-        return views
+        pointer = self.mean.data_ptr()
+        if getattr(self, "_views_of", None) != pointer:  # first use, or the buffers were replaced (.to(), ...)
+            self._views = (self.mean.numpy(), self.var.numpy(), self.count.numpy())
+            self._views_of = pointer
+        return self._views
 
     def update(self, batch):
         """Fold a batch (B, *shape), NumPy or torch, into the statistics."""
