@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rl import checkpoint
-from tests.reproducibility.runs import final_parameters, same_parameters, scalars
+from tests.reproducibility.runs import final_parameters, same_parameters, scalars, wait_for_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 HANG = 900  # only a hang trips this
@@ -129,11 +129,7 @@ def test_killing_one_rank_ends_the_job_with_the_last_checkpoint_intact(tmp_path)
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        latest = run_dir / "checkpoints" / "latest"
-        deadline = time.monotonic() + HANG
-        while not latest.exists() and time.monotonic() < deadline and launcher.poll() is None:
-            time.sleep(0.1)
-        assert latest.exists() and launcher.poll() is None
+        wait_for_checkpoint(launcher, run_dir)
         ranks = ranks_of(launcher.pid)
         assert sorted(ranks) == [0, 1], ranks
         os.kill(ranks[1], signal.SIGKILL)

@@ -19,6 +19,7 @@ from tests.faults.conftest import (
     run,
     train_command,
 )
+from tests.reproducibility.runs import wait_for_checkpoint
 
 
 @pytest.mark.parametrize("vectorization", ["sync", "async"])
@@ -47,11 +48,7 @@ def test_a_killed_worker_ends_the_run_in_bounded_time(tmp_path):
     process = subprocess.Popen(train_command(run_dir, *overrides), cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        latest = run_dir / "checkpoints" / "latest"
-        deadline = time.monotonic() + HANG
-        while not latest.exists() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.1)
-        assert latest.exists() and process.poll() is None
+        wait_for_checkpoint(process, run_dir)
         workers = [pid for pid in leftover_processes(str(run_dir)) if pid != process.pid]
         assert len(workers) == 3, workers
         os.kill(workers[1], signal.SIGKILL)

@@ -15,7 +15,7 @@ from tests.faults.conftest import (
     run,
     train_command,
 )
-from tests.reproducibility.runs import folder_digest
+from tests.reproducibility.runs import folder_digest, wait_for_checkpoint
 
 LONG = ["total_timesteps=10000000", "checkpoint_every=2", "eval_episodes=0"]  # runs until stopped
 
@@ -23,11 +23,7 @@ LONG = ["total_timesteps=10000000", "checkpoint_every=2", "eval_episodes=0"]  # 
 def start_and_wait_for_checkpoint(run_dir, *overrides):
     process = subprocess.Popen(train_command(run_dir, *overrides), cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    latest = run_dir / "checkpoints" / "latest"
-    deadline = time.monotonic() + HANG
-    while not latest.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
-    assert latest.exists() and process.poll() is None, process.stderr.read() if process.poll() is not None else ""
+    wait_for_checkpoint(process, run_dir)
     return process
 
 

@@ -4,6 +4,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +31,15 @@ def launch(run_dir, *overrides):
 def finish(process, timeout=1200):
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
+
+
+def wait_for_checkpoint(process, run_dir, timeout=900):
+    """Block until `run_dir` has its first checkpoint while `process` still runs (a test then interrupts it)."""
+    latest = Path(run_dir) / "checkpoints" / "latest"
+    deadline = time.monotonic() + timeout
+    while not latest.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert latest.exists() and process.poll() is None, "the run ended (or stalled) before its first checkpoint"
 
 
 def run_all(jobs, parallel=2):

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -22,6 +21,7 @@ from tests.reproducibility.runs import (
     run_all,
     same_parameters,
     scalars,
+    wait_for_checkpoint,
 )
 
 TOTAL = 30720  # 120 PPO iterations on CartPole: long enough to interrupt mid-run
@@ -39,11 +39,8 @@ def test_sigint_mid_run_checkpoints_and_resume_finishes_the_same_run(tmp_path):
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
     overrides = [f"total_timesteps={TOTAL}", "eval_episodes=2", "checkpoint_every=5", "seed=5"]
     process = launch(interrupted, *overrides)
+    wait_for_checkpoint(process, interrupted)
     latest = interrupted / "checkpoints" / "latest"
-    deadline = time.monotonic() + 900
-    while not latest.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    assert latest.exists() and process.poll() is None, "the run ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     rc, out, err = finish(process)
     assert rc == 0, err[-2000:]
