@@ -19,6 +19,8 @@ import zipfile
 import numpy as np
 import torch
 
+from rl import distributed
+from rl.envs import set_snapshots
 from rl.guards import check_finite_tensors
 
 FORMAT_VERSION = 4
@@ -284,3 +286,37 @@ def restore_rng_state(state, generator):
     np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     generator.set_state(state["learner"])
+
+
+def restore(state, agent, acting_agent, optimizers, generator, collector, envs, cfg, batch_size):
+    """Put a loaded checkpoint back into a run's live parts, for this rank; CheckpointError if it does not fit."""
+    if state["world_size"] != distributed.world_size():
+        raise CheckpointError(
+            f"{cfg.resume}: the run was made by {state['world_size']} process(es) and resumes only with as many "
+            f"(this is {distributed.world_size()}); e.g. torchrun --nproc_per_node={state['world_size']} -m rl.train "
+            f"resume=...")
+    if state["global_step"] != state["iteration"] * batch_size:
+        raise CheckpointError(f"{cfg.resume}: checkpoint says step {state['global_step']} after "
+                                         f"{state['iteration']} iterations of {batch_size}; refused")
+    try:
+        _restore_unchecked(state, agent, acting_agent, optimizers, generator, collector, envs, cfg)
+    except Exception as error:  # a checkpoint whose contents do not fit this run
+        reason = " ".join(str(error).split())[:200]
+        raise CheckpointError(f"{cfg.resume}: checkpoint does not fit this run "
+                                         f"({type(error).__name__}: {reason})") from None
+
+
+def _restore_unchecked(state, agent, acting_agent, optimizers, generator, collector, envs, cfg):
+    agent.load_state_dict(state["agent"])
+    if acting_agent is not agent:
+        acting_agent.load_state_dict(state["agent"])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
+    own = state["ranks"][distributed.rank()]
+    restore_rng_state(own["rng"], generator)
+    if own["env_snapshots"] is not None:
+        set_snapshots(envs, own["env_snapshots"])
+        collector.load_state_dict(own["collector"])
+    else:  # envs whose state cannot be captured start new episodes; everything else continues exactly
+        first_env = distributed.rank() * cfg.env.num_envs
+        collector.restart_episodes(seed=cfg.seed + first_env + 1_000_003 * state["iteration"])

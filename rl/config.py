@@ -7,6 +7,7 @@ from pathlib import Path
 import gymnasium as gym
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from rl.algos import ALGORITHMS
 from rl.envs import BACKENDS, check_env_id, make_vector_env
@@ -272,3 +273,30 @@ def resolve_device(device):
             raise ConfigError("device", device, f"only {torch.cuda.device_count()} CUDA device(s) here")
         return device
     raise ConfigError("device", device, "must be cpu, cuda or auto")
+
+
+def resolve(cfg):
+    """Resolve every interpolation now, so a bad one (`seed=${oc.env:UNSET}`) is one line before anything runs."""
+    try:
+        OmegaConf.resolve(cfg)
+    except MissingMandatoryValue:
+        return  # a required `???` key: validate() names it
+    except OmegaConfBaseException as error:
+        reason = " ".join(str(error).split("\n")[0].split())
+        key, raw = _unresolvable(OmegaConf.to_container(cfg, resolve=False), cfg)
+        raise ConfigError(key, raw, f"cannot be resolved ({reason})") from None
+
+
+def _unresolvable(raw, cfg, prefix=""):
+    """(dotted key, raw text) of the first value in `cfg` whose interpolation fails."""
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            found = _unresolvable(value, cfg, f"{prefix}{key}.")
+            if found[0] != "config":
+                return found
+            continue
+        try:
+            OmegaConf.select(cfg, f"{prefix}{key}")
+        except OmegaConfBaseException:
+            return f"{prefix}{key}", value
+    return "config", ""

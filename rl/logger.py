@@ -9,8 +9,13 @@ import sys
 import time
 from collections import deque
 
+import torch
+from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+from rl.algos import ALGORITHMS
+from rl.config import shipped_keys
 
 HPARAM_METRICS = ("eval/return", "charts/episodic_return")
 
@@ -144,3 +149,44 @@ def write_json(path, data):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def hparams_of(cfg, device):
+    """This run's hyperparameters for TensorBoard's HParams table, flat (env.kwargs as one text)."""
+    flat = {}
+    for section in ("algo", "env"):
+        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
+            flat[f"{section}.{key}"] = value
+    flat.update({"seed": cfg.seed, "total_timesteps": cfg.total_timesteps, "device": device})
+    return flat
+
+
+def hparam_schema():
+    """Every HParams column any run can have: the algo keys of every algorithm, the env keys, the run keys."""
+    schema = {}
+    for name in sorted(ALGORITHMS):
+        for key, value in shipped_keys(name).items():
+            if key.startswith(("algo.", "env.")) and schema.get(key) is None:  # a typed example beats None
+                schema[key] = value
+    schema.update({"seed": 0, "total_timesteps": 0, "device": "cpu"})
+    return schema
+
+
+def describe_device(device, requested):
+    """The learner device actually used, and why when `device=auto` chose it."""
+    if device.startswith("cuda"):
+        name = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    else:
+        name = device
+    if requested == "auto":
+        return f"{name} (device=auto: {'CUDA GPU found' if device.startswith('cuda') else 'no CUDA GPU here'})"
+    return name
+
+
+def done_line(summary, run_dir):
+    line = f"done: {summary['total_timesteps']} steps in {summary['wall_seconds']:.1f}s ({summary['sps']:.0f} sps)"
+    if summary["eval_episodes"]:
+        line += (f", eval return {summary['eval_return_mean']:.1f} +/- {summary['eval_return_std']:.1f} over "
+                 f"{summary['eval_episodes']} episodes (best {summary['best_eval_return_mean']:.1f} at step "
+                 f"{summary['best_eval_step']})")
+    return f"{line} -> {os.path.abspath(run_dir)}"

@@ -13,7 +13,6 @@ import copy
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -26,24 +25,23 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 from torch.nn.utils import parameters_to_vector
 
 from rl import checkpoint, distributed, run_folder
 from rl.algos import ALGORITHMS
-from rl.config import CONFIG_DIR, ConfigError, shipped_keys, validate
+from rl.config import CONFIG_DIR, ConfigError, resolve, validate
 from rl.envs import (
     EnvError,
     close_vector_env,
-    dead_workers,
     get_snapshots,
     make_vector_env,
     quiet_version_warnings,
-    set_snapshots,
 )
 from rl.evaluate import EVAL_SEED_OFFSET, evaluate
+from rl.faults import RanksDiverged, RunFailed, StopRequest, describe_fault, first_line, kept, resume_command
 from rl.guards import NonFiniteError
-from rl.logger import Logger, start_banner, write_json
+from rl.logger import Logger, describe_device, done_line, hparam_schema, hparams_of, start_banner, write_json
 from rl.policy import build_agent, checkpoint_size_limit
 from rl.rollout import Collector, flatten, gae
 
@@ -58,44 +56,10 @@ RESUME_OVERRIDABLE = ("total_timesteps", "stop_after_steps", "progress", "checkp
 RANK_SEED_STRIDE = 1_000_003
 
 
-class RanksDiverged(Exception):
-    """Ranks of a distributed run that should hold the same weights do not (distributed_check)."""
-
-
-class RunFailed(Exception):
-    """A fault after the run started; the message is one line and says what was kept."""
-
-    def __init__(self, message, exit_code=1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations; a second signal stops at once."""
-
-    def __init__(self):
-        self.requested = None
-        self.previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 def train(cfg, run_dir, device, resume_state=None):
@@ -120,45 +84,15 @@ def train(cfg, run_dir, device, resume_state=None):
         failed = False
         return summary
     except (EnvError, NonFiniteError, RanksDiverged, OSError, EOFError, KeyboardInterrupt) as error:
-        raise RunFailed(*_describe_fault(error, envs, run_dir, progress)) from None
+        raise RunFailed(*describe_fault(error, envs, run_dir, progress)) from None
     except RuntimeError as error:
         if distributed.world_size() == 1:
             raise
         # A collective failed: another rank died or was killed (its own message names why).
-        raise RunFailed(f"lost contact with the other ranks ({_first_line(error)}); {_kept(run_dir, progress)}") \
+        raise RunFailed(f"lost contact with the other ranks ({first_line(error)}); {kept(run_dir, progress)}") \
             from None
     finally:
         close_vector_env(envs, failed)
-
-
-def _first_line(error):
-    return " ".join(str(error).split("\n")[0].split())[:200] or type(error).__name__
-
-
-def _kept(run_dir, progress):
-    saved = progress["saved_step"]
-    return (f"the last checkpoint (step {saved}) is intact; resume with {resume_command(run_dir)}"
-            if saved is not None else "no checkpoint was written yet")
-
-
-def resume_command(run_dir):
-    world = distributed.world_size()
-    launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
-    return f"{launcher} -m rl.train resume={run_dir}"
-
-
-def _describe_fault(error, envs, run_dir, progress):
-    """(one-line message, exit code) for a fault during a run."""
-    kept = _kept(run_dir, progress)
-    if isinstance(error, KeyboardInterrupt):
-        return f"stopped at once by a second signal at step {progress['step']}; {kept}", 130
-    if isinstance(error, (EOFError, ConnectionError)):  # a worker's pipe closed under us
-        dead = ", ".join(map(str, dead_workers(envs))) or "?"
-        return f"env worker of sub-env {dead} died ({type(error).__name__}); {kept}", 1
-    if isinstance(error, OSError):
-        where = error.filename or run_dir
-        return f"{run_dir}: cannot write ({error.strerror or error} at {where}); {kept} once there is room", 1
-    return f"{error}; {kept}", 1
 
 
 def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress):
@@ -184,10 +118,10 @@ def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, pro
     if resume_state is not None:
         iteration, global_step = resume_state["iteration"], resume_state["global_step"]
         elapsed_before = resume_state["wall_seconds"]
-        _restore(resume_state, agent, acting_agent, optimizers, generator, collector, envs, cfg, batch_size)
+        checkpoint.restore(resume_state, agent, acting_agent, optimizers, generator, collector, envs, cfg, batch_size)
         config_digest = resume_state["run_config_digest"]
 
-    logger = Logger(run_dir, OmegaConf.to_yaml(cfg), _hparams(cfg, device), hparam_schema(), total_steps,
+    logger = Logger(run_dir, OmegaConf.to_yaml(cfg), hparams_of(cfg, device), hparam_schema(), total_steps,
                     cfg.progress, start_step=global_step, resumed=resume_state is not None, enabled=main)
     if main:
         print(start_banner(run_dir, algo_cfg.name, env_cfg.id, describe_device(device, cfg.device), env_cfg.num_envs,
@@ -364,76 +298,11 @@ def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent
     return metrics
 
 
-def _restore(state, agent, acting_agent, optimizers, generator, collector, envs, cfg, batch_size):
-    if state["world_size"] != distributed.world_size():
-        raise checkpoint.CheckpointError(
-            f"{cfg.resume}: the run was made by {state['world_size']} process(es) and resumes only with as many "
-            f"(this is {distributed.world_size()}); e.g. torchrun --nproc_per_node={state['world_size']} -m rl.train "
-            f"resume=...")
-    if state["global_step"] != state["iteration"] * batch_size:
-        raise checkpoint.CheckpointError(f"{cfg.resume}: checkpoint says step {state['global_step']} after "
-                                         f"{state['iteration']} iterations of {batch_size}; refused")
-    try:
-        _restore_unchecked(state, agent, acting_agent, optimizers, generator, collector, envs, cfg)
-    except Exception as error:  # a checkpoint whose contents do not fit this run
-        reason = " ".join(str(error).split())[:200]
-        raise checkpoint.CheckpointError(f"{cfg.resume}: checkpoint does not fit this run "
-                                         f"({type(error).__name__}: {reason})") from None
-
-
-def _restore_unchecked(state, agent, acting_agent, optimizers, generator, collector, envs, cfg):
-    agent.load_state_dict(state["agent"])
-    if acting_agent is not agent:
-        acting_agent.load_state_dict(state["agent"])
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(state["optimizers"][name])
-    own = state["ranks"][distributed.rank()]
-    checkpoint.restore_rng_state(own["rng"], generator)
-    if own["env_snapshots"] is not None:
-        set_snapshots(envs, own["env_snapshots"])
-        collector.load_state_dict(own["collector"])
-    else:  # envs whose state cannot be captured start new episodes; everything else continues exactly
-        first_env = distributed.rank() * cfg.env.num_envs
-        collector.restart_episodes(seed=cfg.seed + first_env + 1_000_003 * state["iteration"])
-
-
 def _sync_acting_agent(agent, acting_agent):
     """Normalizer statistics move from the acting copy to the learner, network weights the other way."""
     agent.obs_normalizer.load_state_dict(acting_agent.obs_normalizer.state_dict())
     agent.reward_scaler.load_state_dict(acting_agent.reward_scaler.state_dict())
     acting_agent.load_state_dict(agent.state_dict())
-
-
-def _hparams(cfg, device):
-    """This run's hyperparameters for TensorBoard's HParams table, flat (env.kwargs as one text)."""
-    flat = {}
-    for section in ("algo", "env"):
-        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
-            flat[f"{section}.{key}"] = value
-    flat.update({"seed": cfg.seed, "total_timesteps": cfg.total_timesteps, "device": device})
-    return flat
-
-
-def hparam_schema():
-    """Every HParams column any run can have: the algo keys of every algorithm, the env keys, the run keys."""
-    schema = {}
-    for name in sorted(ALGORITHMS):
-        for key, value in shipped_keys(name).items():
-            if key.startswith(("algo.", "env.")) and schema.get(key) is None:  # a typed example beats None
-                schema[key] = value
-    schema.update({"seed": 0, "total_timesteps": 0, "device": "cpu"})
-    return schema
-
-
-def describe_device(device, requested):
-    """The learner device actually used, and why when `device=auto` chose it."""
-    if device.startswith("cuda"):
-        name = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    else:
-        name = device
-    if requested == "auto":
-        return f"{name} (device=auto: {'CUDA GPU found' if device.startswith('cuda') else 'no CUDA GPU here'})"
-    return name
 
 
 def load_resume(cfg):
@@ -493,7 +362,7 @@ def _hydra_main(cfg):
             run_folder.lock(run_dir)
         if cfg.resume:
             cfg, resume_state = _from_rank_zero(load_resume, cfg)
-        _resolve(cfg)
+        resolve(cfg)
         device = distributed.use_device(validate(cfg))
         summary = train(cfg, run_dir, device, resume_state)
     except (ConfigError, checkpoint.CheckpointError, run_folder.RunFolderError) as error:
@@ -529,42 +398,6 @@ def _from_rank_zero(load, cfg):
 # Run folders this process took: {absolute path: the entries it held before, None if created here}, so a
 # refused run can undo what it added.
 _TAKEN = {}
-
-
-def _resolve(cfg):
-    """Resolve every interpolation now, so a bad one (`seed=${oc.env:UNSET}`) is one line before anything runs."""
-    try:
-        OmegaConf.resolve(cfg)
-    except MissingMandatoryValue:
-        return  # a required `???` key: validate() names it
-    except OmegaConfBaseException as error:
-        reason = " ".join(str(error).split("\n")[0].split())
-        key, raw = _unresolvable(OmegaConf.to_container(cfg, resolve=False), cfg)
-        raise ConfigError(key, raw, f"cannot be resolved ({reason})") from None
-
-
-def _unresolvable(raw, cfg, prefix=""):
-    """(dotted key, raw text) of the first value in `cfg` whose interpolation fails."""
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            found = _unresolvable(value, cfg, f"{prefix}{key}.")
-            if found[0] != "config":
-                return found
-            continue
-        try:
-            OmegaConf.select(cfg, f"{prefix}{key}")
-        except OmegaConfBaseException:
-            return f"{prefix}{key}", value
-    return "config", ""
-
-
-def done_line(summary, run_dir):
-    line = f"done: {summary['total_timesteps']} steps in {summary['wall_seconds']:.1f}s ({summary['sps']:.0f} sps)"
-    if summary["eval_episodes"]:
-        line += (f", eval return {summary['eval_return_mean']:.1f} +/- {summary['eval_return_std']:.1f} over "
-                 f"{summary['eval_episodes']} episodes (best {summary['best_eval_return_mean']:.1f} at step "
-                 f"{summary['best_eval_step']})")
-    return f"{line} -> {os.path.abspath(run_dir)}"
 
 
 def main():

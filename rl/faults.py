@@ -1,0 +1,71 @@
+"""What a run does when something goes wrong: stop requests from signals, and for a fault during a run,
+one line that says what happened and what was kept, and an exit code."""
+
+import signal
+
+from rl import distributed
+from rl.envs import dead_workers
+
+
+class RanksDiverged(Exception):
+    """Ranks of a distributed run that should hold the same weights do not (distributed_check)."""
+
+
+class RunFailed(Exception):
+    """A fault after the run started; the message is one line and says what was kept."""
+
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations; a second signal stops at once."""
+
+    def __init__(self):
+        self.requested = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def first_line(error):
+    return " ".join(str(error).split("\n")[0].split())[:200] or type(error).__name__
+
+
+def kept(run_dir, progress):
+    saved = progress["saved_step"]
+    return (f"the last checkpoint (step {saved}) is intact; resume with {resume_command(run_dir)}"
+            if saved is not None else "no checkpoint was written yet")
+
+
+def resume_command(run_dir):
+    world = distributed.world_size()
+    launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
+    return f"{launcher} -m rl.train resume={run_dir}"
+
+
+def describe_fault(error, envs, run_dir, progress):
+    """(one-line message, exit code) for a fault during a run."""
+    kept_line = kept(run_dir, progress)
+    if isinstance(error, KeyboardInterrupt):
+        return f"stopped at once by a second signal at step {progress['step']}; {kept_line}", 130
+    if isinstance(error, (EOFError, ConnectionError)):  # a worker's pipe closed under us
+        dead = ", ".join(map(str, dead_workers(envs))) or "?"
+        return f"env worker of sub-env {dead} died ({type(error).__name__}); {kept_line}", 1
+    if isinstance(error, OSError):
+        where = error.filename or run_dir
+        return f"{run_dir}: cannot write ({error.strerror or error} at {where}); {kept_line} once there is room", 1
+    return f"{error}; {kept_line}", 1
