@@ -58,10 +58,15 @@ def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium"
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
         events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
         events.Reload()
-        seconds = [r.value + u.value for r, u in zip(events.Scalars("time/rollout_seconds"),
-                                                      events.Scalars("time/update_seconds"))]
-    per_iteration = summary["total_timesteps"] / len(seconds)
-    steady = per_iteration * (len(seconds) - 1) / sum(seconds[1:]) if len(seconds) > 1 else None
+        rollout = [e.value for e in events.Scalars("time/rollout_seconds")]
+        update = [e.value for e in events.Scalars("time/update_seconds")]
+    per_iteration = summary["total_timesteps"] / len(rollout)
+    if len(rollout) < 2:
+        return summary["total_timesteps"], summary["wall_seconds"], None
+    # Steady state: every iteration but the first (which compiles, with algo.compile=true).
+    steady = {"sps": per_iteration * (len(rollout) - 1) / (sum(rollout[1:]) + sum(update[1:])),
+              "rollout_us_per_step": 1e6 * sum(rollout[1:]) / (per_iteration * (len(rollout) - 1)),
+              "update_us_per_step": 1e6 * sum(update[1:]) / (per_iteration * (len(rollout) - 1))}
     return summary["total_timesteps"], summary["wall_seconds"], steady
 
 
@@ -137,7 +142,7 @@ def worker(spec):
                                       spec["compile"])
     else:
         done, wall, steady = run_sb3(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads)
-    print(json.dumps({**spec, "steps_done": done, "wall_seconds": wall, "sps": done / wall, "steady_sps": steady}))
+    print(json.dumps({**spec, "steps_done": done, "wall_seconds": wall, "sps": done / wall, "steady": steady}))
 
 
 def main():
@@ -188,6 +193,8 @@ def main():
                 print(f"  {label(rows[-1]):28s} {env_id} x{num_envs}: {rows[-1]['sps']:.0f} sps", file=sys.stderr,
                       flush=True)
     print_table(rows)
+    print(f"\ndevice {args.device}, {args.threads} torch thread(s), {os.cpu_count()} cores; our SPS: whole run "
+          f"(set-up, compile warm-up, final checkpoint); SB3's: learn()")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
@@ -206,9 +213,9 @@ def print_table(rows):
         return next((r for r in rows if (r["framework"], r["env"], r["num_envs"], r["backend"]) ==
                      (name, env_id, num_envs, backend)), None)
 
-    print("| framework | algo | env | num_envs | device | torch threads | steps | wall s | SPS | steady SPS | "
-          "ratio to anchor | share of env-only limit (same backend) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| framework | algo | env | num_envs | steps | wall s | SPS | ratio to anchor | share of env-only limit "
+          "(same backend) | steady SPS | steady ratio | rollout us/step | update us/step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         algo = FRAMEWORKS.get(r["framework"], ("-", None))[0]
         anchor_name = FRAMEWORKS.get(r["framework"], (None, None))[1]
@@ -216,9 +223,12 @@ def print_table(rows):
         limit = find("env-only", r["env"], r["num_envs"], r["backend"])
         ratio = f"{r['sps'] / anchor['sps']:.2f}x" if anchor else "-"
         share = f"{100 * r['sps'] / limit['sps']:.0f}%" if limit and r["framework"] != "env-only" else "-"
-        steady = f"{r['steady_sps']:.0f}" if r.get("steady_sps") else "-"
-        print(f"| {label(r)} | {algo} | {r['env']} | {r['num_envs']} | {r['device']} | {r['torch_threads']} | "
-              f"{r['steps_done']} | {r['wall_seconds']:.1f} | {r['sps']:.0f} | {steady} | {ratio} | {share} |")
+        steady = r.get("steady") or {}
+        steady_ratio = f"{steady['sps'] / anchor['sps']:.2f}x" if steady and anchor else "-"
+        columns = [f"{steady['sps']:.0f}", steady_ratio, f"{steady['rollout_us_per_step']:.0f}",
+                   f"{steady['update_us_per_step']:.0f}"] if steady else ["-"] * 4
+        print(f"| {label(r)} | {algo} | {r['env']} | {r['num_envs']} | {r['steps_done']} | {r['wall_seconds']:.1f} | "
+              f"{r['sps']:.0f} | {ratio} | {share} | " + " | ".join(columns) + " |")
 
 
 if __name__ == "__main__":
