@@ -27,12 +27,17 @@ def available_ids():
 
 class EnvPoolVectorEnv:
     def __init__(self, env_id, num_envs, num_threads=0, **env_kwargs):
+        """`num_threads` 0: one per env up to the cores (EnvPool's own 0, all cores, costs a 1-env run a
+        thread hand-off per step: measured 5,100 against 8,100 env steps/s for Hopper on 2 cores)."""
+        import os
+
         import envpool
 
         # EnvPool rebuilds float32 spaces from float64 bounds at every reset, and gymnasium warns each time.
         warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32", category=UserWarning)
 
-        self.env_id, self.num_envs, self.num_threads, self.env_kwargs = env_id, num_envs, num_threads, env_kwargs
+        self.num_threads = num_threads or min(num_envs, os.cpu_count() or 1)
+        self.env_id, self.num_envs, self.env_kwargs = env_id, num_envs, env_kwargs
         self._envpool = envpool
         self._ids = np.arange(num_envs, dtype=np.int32)
         self._pool = None
