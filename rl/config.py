@@ -185,7 +185,8 @@ def validate(cfg):
     _require(cfg, "algo.normalize_advantages", _boolean, "must be true or false")
     _require(cfg, "algo.anneal_learning_rate", _boolean, "must be true or false")
     _require(cfg, "algo.orthogonal_init", _boolean, "must be true or false")
-    _require(cfg, "algo.compile", _boolean, "must be true or false")
+    if cfg.algo.name == "ppo":
+        _require(cfg, "algo.compile", _boolean, "must be true or false")
     _require(cfg, "algo.activation", lambda v: v in ("tanh", "relu", "elu"), "must be tanh, relu or elu")
     for key in ("algo.actor_hidden_sizes", "algo.critic_hidden_sizes"):
         _require(cfg, key, lambda v: all(_positive_int(w) for w in v), "must be a list of positive integers")
