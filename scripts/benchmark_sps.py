@@ -4,7 +4,8 @@
     python scripts/benchmark_sps.py --envs Hopper-v4 CartPole-v1 --num-envs 1 8 --steps 50000 --env-only \\
         --backends gymnasium envpool --compile both --json benchmarks/sps.json
 
-`--backends` and `--compile {eager,compiled,both}` multiply our rows (rl-ppo[envpool,compiled], ...);
+`--backends` and `--compile {eager,compiled,both}` (PPO's algo.compile) multiply our rows
+(rl-ppo[envpool,compiled], ...);
 SB3 always steps gymnasium's envs (DummyVecEnv). Env-only limits are measured for every backend, and each
 of our rows is compared with the limit of its own backend. Our SPS is the whole run's (`summary.json`:
 set-up, the compile warm-up and the final checkpoint included); "steady SPS" leaves out the first
@@ -52,7 +53,8 @@ def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium"
     with tempfile.TemporaryDirectory() as run_dir:
         subprocess.run([sys.executable, "-m", "rl.train", f"algo={algo}", f"env={env_id}",
                         f"env.num_envs={num_envs}", f"total_timesteps={steps}", f"device={device}",
-                        f"torch_threads={threads}", f"env.backend={backend}", f"algo.compile={str(compile).lower()}",
+                        f"torch_threads={threads}", f"env.backend={backend}",
+                        *([f"algo.compile={str(compile).lower()}"] if algo == "ppo" else []),
                         "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", "progress=false",
                         f"hydra.run.dir={run_dir}"], cwd=REPO, check=True, capture_output=True)
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
@@ -178,8 +180,9 @@ def main():
             if args.env_only:
                 specs += [("env-only", backend, False) for backend in args.backends]
             for name in args.frameworks:
-                if name.startswith("rl-"):
-                    specs += [(name, backend, compile) for backend in args.backends for compile in compiles]
+                if name.startswith("rl-"):  # algo.compile exists for PPO only
+                    specs += [(name, backend, compile) for backend in args.backends
+                              for compile in (compiles if name == "rl-ppo" else [False])]
                 else:
                     specs.append((name, "gymnasium", False))
             for name, backend, compile in specs:
