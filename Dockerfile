@@ -1,8 +1,9 @@
 # rl in a container. CPU image (the default):
 #   docker build -t rl .
 #   docker run --rm -v "$PWD/runs:/home/rl/app/runs" rl algo=trpo env=Hopper-v4
-# GPU image: PyPI's Linux wheel of torch bundles CUDA, so only the index changes (the host needs the NVIDIA
-# driver and the NVIDIA container toolkit):
+# GPU image: PyPI's Linux wheel of torch 2.13.0 is a CUDA 13.0 build (its metadata requires cuda-toolkit
+# 13.0.3, cuDNN and NCCL for cu13), so only the index changes; the host needs an NVIDIA driver for CUDA 13
+# and the NVIDIA container toolkit:
 #   docker build --build-arg TORCH_INDEX=https://pypi.org/simple -t rl:gpu .
 #   docker run --rm --gpus all -v "$PWD/runs:/home/rl/app/runs" rl:gpu algo=ppo env=Hopper-v4 device=cuda
 ARG PYTHON_VERSION=3.11
