@@ -72,7 +72,9 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
     params = [p for optimizer in optimizers.values() for group in optimizer.param_groups for p in group["params"]]
     actor, critic = agent.actor, agent.critic
     clip_coef = cfg.clip_coef * (fraction_left if cfg.anneal_clip_coef else 1.0)
-    entropy_coef, value_coef = cfg.entropy_coef, cfg.value_coef
+    # Read once: an OmegaConf attribute costs microseconds, and the loop below runs hundreds of times an update.
+    entropy_coef, value_coef, clip_value_loss = cfg.entropy_coef, cfg.value_coef, cfg.clip_value_loss
+    max_grad_norm = cfg.max_grad_norm
     losses = compiled_minibatch_losses() if cfg.compile else minibatch_losses
     sums = torch.zeros(5, device=batch.obs.device)  # policy, value, entropy, approx_kl, clipfrac
     count = 0
@@ -84,13 +86,12 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
         normalized = distributed.normalize_each([mb.advantages for mb in minibatches]) \
             if cfg.normalize_advantages else [mb.advantages for mb in minibatches]
         for mb, advantages in zip(minibatches, normalized):
-            loss, stats = losses(actor, critic, mb, advantages, clip_coef, entropy_coef, value_coef,
-                                 cfg.clip_value_loss)
+            loss, stats = losses(actor, critic, mb, advantages, clip_coef, entropy_coef, value_coef, clip_value_loss)
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
             distributed.all_reduce_gradients(params)
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+            nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
             for optimizer in optimizers.values():
                 optimizer.step()
             sums += stats

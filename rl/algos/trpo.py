@@ -155,6 +155,7 @@ def fit_value(critic, optimizer, batch, cfg, generator):
     total = torch.zeros((), device=batch.obs.device)
     count = 0
     num_steps = len(batch) // batch.num_envs
+    params, max_grad_norm = list(critic.parameters()), cfg.max_grad_norm  # read once, not per minibatch
     for _ in range(cfg.vf_iters):
         indices = minibatch_indices(num_steps, batch.num_envs, cfg.vf_minibatches, generator, batch.obs.device)
         order, size = indices.reshape(-1), indices.shape[1]
@@ -163,9 +164,9 @@ def fit_value(critic, optimizer, batch, cfg, generator):
             loss = 0.5 * (critic(obs[start:start + size]) - returns[start:start + size]).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            distributed.all_reduce_gradients(list(critic.parameters()))
-            if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm, foreach=True)
+            distributed.all_reduce_gradients(params)
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
             optimizer.step()
             total += loss.detach()
             count += 1
