@@ -13,11 +13,14 @@ same way. What is kept, under `--out`:
     <out>/<env>/<cell>/seed<k>/summary.json   the run's summary.json, plus the mean of its last 5
                                               evaluation points and the command that made it
     <out>/<env>/<cell>/seed<k>/curve.csv      step, train_return, eval_return, eval_return_std per iteration
+    <out>/<env>/<cell>/seed<k>/stats.csv      step and the update's diagnostics (entropy, KL, CG residual,
+                                              explained variance, ...) per iteration (rl runs)
     <out>/<env>/<cell>/seed<k>/config.yaml    the run's resolved config (rl runs)
 
 <cell> is the algo, or `<algo>-<name>` for a named cell. Runs whose result folder already holds a
 summary.json are skipped, a finished run folder is only collected, and a run stopped midway resumes from
 its checkpoint (MuJoCo episodes restart there), so the runner can be stopped and started again. `--parallel` runs go at once (default: the cores).
+`--recollect` copies the results out of finished run folders again (after this script learns to keep more).
 """
 
 import argparse
@@ -33,6 +36,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SB3_ALGOS = ("sb3-ppo", "sb3-trpo")
 CSV_COLUMNS = ("step", "train_return", "eval_return", "eval_return_std")
+# What an update logs that explains a curve: the policy's entropy and how far each update moved it, how well
+# CG solved for the direction, how well the critic fits.
+STATS_TAGS = ("losses/entropy", "losses/explained_variance", "losses/value_loss", "losses/approx_kl",
+              "losses/clipfrac", "trpo/kl", "trpo/kl_from_std", "trpo/cg_residual", "trpo/line_search_steps",
+              "trpo/step_norm")
 
 
 def cell_name(algo, name=None):
@@ -89,12 +97,26 @@ def curve_from_tensorboard(run_dir):
     return rows
 
 
-def write_curve(path, rows):
+def stats_from_tensorboard(run_dir):
+    """(columns, rows): per logged step, the STATS_TAGS this run logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = [tag for tag in STATS_TAGS if tag in events.Tags()["scalars"]]
+    by_step = defaultdict(dict)
+    for tag in tags:
+        for event in events.Scalars(tag):
+            by_step[event.step][tag] = event.value
+    return ("step", *tags), [{"step": step, **by_step[step]} for step in sorted(by_step)]
+
+
+def write_curve(path, rows, columns=CSV_COLUMNS):
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: _compact(row[key]) for key in CSV_COLUMNS})
+            writer.writerow({key: _compact(row.get(key, "")) for key in columns})
 
 
 def _compact(value):
@@ -125,6 +147,9 @@ def collect_result(job, run_dir, result_dir, cmd, resumed):
     if config.exists():  # the whole resolved config, so the cell can be rerun after the defaults change
         (result_dir / "config.yaml").write_text(config.read_text())
     write_curve(result_dir / "curve.csv", rows)
+    if job["algo"] not in SB3_ALGOS:
+        columns, stats = stats_from_tensorboard(run_dir)
+        write_curve(result_dir / "stats.csv", stats, columns)
     (result_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -141,6 +166,8 @@ def main(argv=None):
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "benchmarks")
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--dry-run", action="store_true", help="list the runs that would start, start none")
+    parser.add_argument("--recollect", action="store_true",
+                        help="copy the results out of finished run folders again, even where they were collected")
     args = parser.parse_args(argv)
 
     if args.matrix:
@@ -155,6 +182,11 @@ def main(argv=None):
     for job in jobs:
         where = Path(job["env"]) / cell_name(job["algo"], job["name"]) / f"seed{job['seed']}"
         result_dir, run_dir = args.out / where, args.runs_dir / where
+        if args.recollect and (run_dir / "summary.json").exists() and (result_dir / "summary.json").exists():
+            kept = json.loads((result_dir / "summary.json").read_text())  # how the run was made, not how now
+            collect_result(job, run_dir, result_dir, kept["command"].split(), kept["resumed"])
+            print(f"done  {where} (collected again from {run_dir})", flush=True)
+            continue
         if (result_dir / "summary.json").exists():
             print(f"skip  {where} (done)", flush=True)
             continue

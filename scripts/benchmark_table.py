@@ -1,14 +1,20 @@
 """Markdown tables from benchmark results: per (env, cell), the mean +/- std over seeds.
 
     python scripts/benchmark_table.py benchmarks/Hopper-v4 [--cells trpo ppo sb3-trpo] [--seeds 1 2 3]
+    python scripts/benchmark_table.py benchmarks/Hopper-v4 --stats losses/entropy trpo/cg_residual --at 0.1 0.5 1
 
 Reads <env>/<cell>/seed<k>/summary.json as scripts/benchmark_returns.py writes them. Columns: the final
 deterministic evaluation, the mean of the last 5 evaluation points, the best evaluation, the mean return of
 the last 100 training episodes, wall time and SPS; each as mean +/- standard deviation over the seeds
 (population std), with the per-seed final evaluations listed.
+
+`--stats TAG ...` prints, instead, one row per run and tag from the runs' stats.csv: the tag's mean over the
+last `--window` of the run's steps before each point `--at` (fractions of the run), beside the evaluation
+return there, so a late decline can be read against what the updates logged.
 """
 
 import argparse
+import csv
 import json
 import statistics
 from collections import defaultdict
@@ -23,7 +29,7 @@ def collect(paths, seeds=None):
     results = defaultdict(dict)
     for root in paths:
         for path in sorted(Path(root).rglob("summary.json")):
-            summary = json.loads(path.read_text())
+            summary = {**json.loads(path.read_text()), "_path": str(path)}
             if "cell" not in summary or (seeds and summary["seed"] not in seeds):
                 continue
             results[(summary["env"], summary["cell"])][summary["seed"]] = summary
@@ -55,13 +61,58 @@ def table(results, cells=None):
     return "\n".join(lines)
 
 
+def read_columns(path):
+    """{column: [(step, value), ...]} from a CSV with a step column, empty cells skipped."""
+    columns = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key != "step" and value != "":
+                    columns[key].append((int(float(row["step"])), float(value)))
+    return columns
+
+
+def window_mean(points, end, width):
+    """Mean of the values logged at steps in (end - width, end]; None if there are none."""
+    values = [value for step, value in points if end - width < step <= end]
+    return statistics.fmean(values) if values else None
+
+
+def stats_table(paths, tags, at, window, cells=None, seeds=None):
+    header = "| env | cell | seed | statistic | " + " | ".join(f"at {fraction:.0%}" for fraction in at) + " |"
+    lines = [header, "|---|---|---|---|" + "---|" * len(at)]
+    for (env, cell), runs in sorted(collect(paths, seeds).items()):
+        if cells and cell not in cells:
+            continue
+        for seed, summary in sorted(runs.items()):
+            folder = Path(summary["_path"]).parent
+            if not (folder / "stats.csv").exists():
+                continue
+            columns = {**read_columns(folder / "stats.csv"), **read_columns(folder / "curve.csv")}
+            total = summary["total_timesteps"]
+            for tag in ("eval_return", *tags):
+                points = columns.get(tag, [])
+                values = [window_mean(points, fraction * total, window * total) for fraction in at]
+                lines.append(f"| {env} | {cell} | {seed} | {tag} | " +
+                             " | ".join("-" if v is None else f"{v:.4g}" for v in values) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--cells", nargs="+")
     parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--stats", nargs="+", metavar="TAG", help="per-run statistics from stats.csv instead")
+    parser.add_argument("--at", nargs="+", type=float, default=[0.1, 0.25, 0.5, 0.75, 1.0],
+                        help="--stats: points, as fractions of the run")
+    parser.add_argument("--window", type=float, default=0.05, help="--stats: averaging window, as a fraction")
     args = parser.parse_args()
-    print(table(collect(args.paths, set(args.seeds) if args.seeds else None), args.cells))
+    seeds = set(args.seeds) if args.seeds else None
+    if args.stats:
+        print(stats_table(args.paths, args.stats, args.at, args.window, args.cells, seeds))
+    else:
+        print(table(collect(args.paths, seeds), args.cells))
 
 
 if __name__ == "__main__":

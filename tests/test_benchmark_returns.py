@@ -109,3 +109,60 @@ def test_matrix_file_orders_jobs_seed_first(tmp_path):
         {"env": "A", "algo": "ppo", "seeds": [2]}]})
     assert [(j["algo"], j["name"], j["seed"]) for j in jobs] == [("trpo", "x", 1), ("trpo", "x", 2), ("ppo", None, 2)]
     assert jobs[0]["overrides"] == ["algo.max_kl=0.03"]
+
+
+def tensorboard_scalars(run_dir, tag):
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_stats_keep_what_each_update_logged(matrix):
+    out, runs, _, _ = matrix
+    for algo, own_tag in (("ppo", "losses/clipfrac"), ("trpo", "trpo/cg_residual")):
+        rows = read_rows(out / "CartPole-v1" / algo / "seed1" / "stats.csv")
+        assert {"losses/entropy", "losses/explained_variance", own_tag} <= set(rows[0])
+        logged = tensorboard_scalars(runs / "CartPole-v1" / algo / "seed1", own_tag)
+        assert [(int(r["step"]), pytest.approx(float(r[own_tag]), rel=1e-5)) for r in rows] == logged
+
+
+def test_recollect_rebuilds_results_from_the_run_folders(matrix):
+    out, _, args, _ = matrix
+    result = out / "CartPole-v1" / "trpo" / "seed2"
+    stats, summary = (result / "stats.csv").read_text(), json.loads((result / "summary.json").read_text())
+    (result / "stats.csv").unlink()
+    log = run_runner(*args, "--recollect")
+    assert log.count("collected again") == 4 and "start" not in log
+    assert (result / "stats.csv").read_text() == stats
+    assert json.loads((result / "summary.json").read_text()) == summary
+
+
+def run_table(*args):
+    result = subprocess.run([sys.executable, str(scripts_path.SCRIPTS / "benchmark_table.py"), *map(str, args)],
+                            cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.splitlines()
+
+
+def test_table_gives_each_cells_mean_and_spread_over_seeds(matrix):
+    out, _, _, _ = matrix
+    finals = [json.loads((out / "CartPole-v1" / "trpo" / f"seed{s}" / "summary.json").read_text())["eval_return_mean"]
+              for s in (1, 2)]
+    mean, std = sum(finals) / 2, abs(finals[0] - finals[1]) / 2
+    row = next(line for line in run_table(out) if "| trpo |" in line).split(" | ")
+    assert row[2:4] == ["2", f"{mean:,.0f} +/- {std:,.0f}"]
+
+
+def test_stats_table_averages_each_tag_over_the_window_before_each_point(matrix):
+    out, runs, _, _ = matrix
+    lines = run_table(out, "--cells", "trpo", "--seeds", "1", "--stats", "losses/entropy", "--at", "0.5", "1",
+                      "--window", "0.25")
+    entropy = tensorboard_scalars(runs / "CartPole-v1" / "trpo" / "seed1", "losses/entropy")
+    total = json.loads((out / "CartPole-v1" / "trpo" / "seed1" / "summary.json").read_text())["total_timesteps"]
+    expected = []
+    for end in (0.5 * total, total):
+        values = [v for step, v in entropy if end - 0.25 * total < step <= end]
+        expected.append(f"{sum(values) / len(values):.4g}")
+    row = next(line for line in lines if "| losses/entropy |" in line)
+    assert row == f"| CartPole-v1 | trpo | 1 | losses/entropy | {expected[0]} | {expected[1]} |"
+    assert any("| eval_return |" in line for line in lines)
