@@ -159,7 +159,7 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (rl.train syntax)")
     parser.add_argument("--envs", nargs="+", default=[])
     parser.add_argument("--algos", nargs="+", default=[])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--seeds", nargs="+", type=int, help="default 1 2 3; with --matrix: only these of its seeds")
     parser.add_argument("--name", default=None, help="name of this cell (results go to <algo>-<name>)")
     parser.add_argument("--matrix", type=Path, help="JSON file of cells, see jobs_from_matrix")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
@@ -172,11 +172,12 @@ def main(argv=None):
 
     if args.matrix:
         jobs = jobs_from_matrix(json.loads(args.matrix.read_text()))
+        jobs = [job for job in jobs if args.seeds is None or job["seed"] in args.seeds]
     else:
         if not args.envs or not args.algos:
             parser.error("give --envs and --algos, or --matrix")
         jobs = [{"env": env, "algo": algo, "name": args.name, "overrides": list(args.overrides), "seed": seed}
-                for seed in args.seeds for env in args.envs for algo in args.algos]
+                for seed in args.seeds or [1, 2, 3] for env in args.envs for algo in args.algos]
 
     pending = []
     for job in jobs:

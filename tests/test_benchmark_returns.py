@@ -166,3 +166,12 @@ def test_stats_table_averages_each_tag_over_the_window_before_each_point(matrix)
     row = next(line for line in lines if "| losses/entropy |" in line)
     assert row == f"| CartPole-v1 | trpo | 1 | losses/entropy | {expected[0]} | {expected[1]} |"
     assert any("| eval_return |" in line for line in lines)
+
+
+def test_seeds_pick_from_a_matrix_file(tmp_path):
+    matrix = tmp_path / "m.json"
+    matrix.write_text(json.dumps({"cells": [{"env": "CartPole-v1", "algo": "ppo", "seeds": [1, 2, 3]},
+                                            {"env": "CartPole-v1", "algo": "trpo", "seeds": [4]}]}))
+    log = run_runner("--matrix", str(matrix), "--seeds", "2", "4", "--out", str(tmp_path / "out"), "--dry-run")
+    assert [line.split(":")[0] for line in log.splitlines()] == ["would run CartPole-v1/ppo/seed2",
+                                                                 "would run CartPole-v1/trpo/seed4"]

@@ -118,6 +118,7 @@ def test_two_ranks_compute_the_single_process_update(ranks, case):
     for rank in ranks:
         params, metrics = rank[case]
         worst = max((params[k] - expected[k]).abs().max().item() for k in expected)
+        print(f"{case}: max parameter difference {worst:.2e}")  # shown by pytest -rP
         assert worst < 1e-12, f"{case}: max parameter difference {worst:.2e}"  # seen: 1e-18 to 1.4e-14
         for key, value in expected_metrics.items():
             assert metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key  # float32 metric sums
