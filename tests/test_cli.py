@@ -12,6 +12,9 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rl.config import ConfigError, resolve, validate
+from tests.test_configs import compose_config
+
 REPO = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = {"env", "algo", "seed", "total_timesteps", "wall_seconds", "sps", "eval_return_mean",
                 "eval_return_std", "eval_episodes"}
@@ -143,11 +146,19 @@ except ImportError:
                                                ["env.id", "LunarLander-v3", "pip install"])
 
 
+# Run as real processes: one case for each way a refusal reaches the user (Hydra composition, an override of
+# a missing key, a resume folder checked before Hydra, validation, an added key, the device, an env that
+# cannot be made). The other cases take the validation path, checked in-process below: a process each would
+# add ~5 s of imports and prove nothing more.
+END_TO_END = ("unknown_env_config", "unknown_algo", "unknown_key", "resume_missing_run", "negative_learning_rate",
+              "non_boolean_flag", "added_unknown_top_level_key", "bad_device", "unknown_generic_env_id")
+
+
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory):
-    """Every bad-input run, two at a time (a loaded 2-core machine must not time out), each unhurried."""
+    """The end-to-end bad-input runs, two at a time (a loaded 2-core machine must not time out), each unhurried."""
     root = tmp_path_factory.mktemp("bad")
-    jobs = {name: command(root / name, *overrides) for name, (overrides, _) in BAD_INPUTS.items()}
+    jobs = {name: command(root / name, *BAD_INPUTS[name][0]) for name in END_TO_END}
     return run_bounded(jobs)
 
 
@@ -171,7 +182,7 @@ def run_bounded(jobs, parallel=2, timeout=1200):
     return results
 
 
-@pytest.mark.parametrize("name", list(BAD_INPUTS))
+@pytest.mark.parametrize("name", END_TO_END)
 def test_bad_input_exits_2_with_one_line_naming_the_key(bad_runs, name, tmp_path_factory):
     returncode, stdout, stderr = bad_runs[name]
     run_dir = tmp_path_factory.getbasetemp() / "bad0" / name
@@ -182,6 +193,19 @@ def test_bad_input_exits_2_with_one_line_naming_the_key(bad_runs, name, tmp_path
     assert len(lines) == 1, stderr
     for text in BAD_INPUTS[name][1]:
         assert text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name", [name for name in BAD_INPUTS if name not in END_TO_END])
+def test_bad_value_is_refused_by_validation_in_one_line_naming_the_key(name):
+    """What `python -m rl.train` prints after "error: " for these (the end-to-end cases above show that)."""
+    cfg = compose_config(*BAD_INPUTS[name][0])
+    with pytest.raises(ConfigError) as refusal:
+        resolve(cfg)
+        validate(cfg)
+    line = str(refusal.value)
+    assert "\n" not in line
+    for text in BAD_INPUTS[name][1]:
+        assert text in line, line
 
 
 def test_new_run_into_an_existing_run_folder_is_refused_without_touching_it(tmp_path):
