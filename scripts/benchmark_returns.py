@@ -39,8 +39,8 @@ CSV_COLUMNS = ("step", "train_return", "eval_return", "eval_return_std")
 # What an update logs that explains a curve: the policy's entropy and how far each update moved it, how well
 # CG solved for the direction, how well the critic fits.
 STATS_TAGS = ("losses/entropy", "losses/explained_variance", "losses/value_loss", "losses/approx_kl",
-              "losses/clipfrac", "trpo/kl", "trpo/kl_from_std", "trpo/cg_residual", "trpo/line_search_steps",
-              "trpo/step_norm")
+              "losses/clipfrac", "trpo/kl", "trpo/kl_from_std", "trpo/cg_residual", "trpo/cg_relative_residual",
+              "trpo/line_search_steps", "trpo/step_norm")
 
 
 def cell_name(algo, name=None):

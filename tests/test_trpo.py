@@ -81,6 +81,21 @@ def test_direction_matches_dense_solve_and_full_step_reaches_max_kl(kind):
     assert damped.norm() < step.norm() and torch.allclose(damped / damped.norm(), step / step.norm())
 
 
+def test_relative_cg_residual_is_the_dense_residual_over_the_gradient_norm():
+    actor = tiny_actor("gaussian", seed=2)
+    batch = make_batch(actor, "gaussian", size=256, seed=3)
+    cfg = trpo_config(cg_iters=3, normalize_advantages=False)  # stopped early: a residual worth measuring
+    n = parameters_to_vector(actor.parameters()).numel()
+    gradient = gradient_of(actor, reference_surrogate(actor, "gaussian", batch, batch.advantages))
+    damped = dense_kl_hessian(actor, "gaussian", batch.obs) + cfg.cg_damping * torch.eye(n, dtype=torch.float64)
+    direction = trpo.natural_direction(actor, batch.obs, gradient.detach(), cfg)[0]
+    expected = float((gradient - damped @ direction).norm() / gradient.norm())
+
+    metrics = trpo.policy_step(actor, batch, cfg)
+    assert 1e-3 < expected < 1
+    assert metrics["trpo/cg_relative_residual"] == pytest.approx(expected, rel=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
 def test_accepted_step_keeps_kl_below_max_and_improves(kind):
     actor = tiny_actor(kind, seed=2)

@@ -135,6 +135,8 @@ def policy_step(actor, batch, cfg, generator=None):
         "trpo/line_search_steps": steps,
         "trpo/step_norm": float(step.norm()),
         "trpo/cg_residual": float(residual),
+        # Residual over ||g||: how far from solved the direction is, comparable across updates and runs.
+        "trpo/cg_relative_residual": float(residual / gradient.norm().clamp_min(1e-30)),
         "trpo/cg_iterations": int(iterations),
         "losses/policy_loss": -float(distributed.all_reduce_mean(objective)),
         "losses/entropy": float(entropy),
