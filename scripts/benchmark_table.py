@@ -92,6 +92,8 @@ def stats_table(paths, tags, at, window, cells=None, seeds=None):
             total = summary["total_timesteps"]
             for tag in ("eval_return", *tags):
                 points = columns.get(tag, [])
+                if not points:  # a tag of the other algorithm
+                    continue
                 values = [window_mean(points, fraction * total, window * total) for fraction in at]
                 lines.append(f"| {env} | {cell} | {seed} | {tag} | " +
                              " | ".join("-" if v is None else f"{v:.4g}" for v in values) + " |")
