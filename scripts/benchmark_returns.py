@@ -111,7 +111,7 @@ def stats_from_tensorboard(run_dir):
     return ("step", *tags), [{"step": step, **by_step[step]} for step in sorted(by_step)]
 
 
-def write_curve(path, rows, columns=CSV_COLUMNS):
+def write_csv(path, rows, columns=CSV_COLUMNS):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -146,10 +146,10 @@ def collect_result(job, run_dir, result_dir, cmd, resumed):
     config = Path(run_dir) / ".hydra" / "config.yaml"
     if config.exists():  # the whole resolved config, so the cell can be rerun after the defaults change
         (result_dir / "config.yaml").write_text(config.read_text())
-    write_curve(result_dir / "curve.csv", rows)
+    write_csv(result_dir / "curve.csv", rows)
     if job["algo"] not in SB3_ALGOS:
         columns, stats = stats_from_tensorboard(run_dir)
-        write_curve(result_dir / "stats.csv", stats, columns)
+        write_csv(result_dir / "stats.csv", stats, columns)
     (result_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
