@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rl.config import ConfigError, resolve, validate
+from tests.reproducibility.runs import folder_digest
 from tests.test_configs import compose_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,20 +210,27 @@ def test_bad_value_is_refused_by_validation_in_one_line_naming_the_key(name):
         assert text in line, line
 
 
-def test_new_run_into_an_existing_run_folder_is_refused_without_touching_it(tmp_path):
+@pytest.fixture(scope="module")
+def trpo_hopper(tmp_path_factory):
+    """One short TRPO Hopper run with evaluation, read by the tests below: (run folder, its result)."""
+    run_dir = tmp_path_factory.mktemp("cli") / "banner"
+    result = run_train(run_dir, "algo=trpo", "env=Hopper-v4", "total_timesteps=5000", "eval_every=1",
+                       "eval_episodes=1")
+    return run_dir, result
+
+
+def test_new_run_into_an_existing_run_folder_is_refused_without_touching_it(trpo_hopper, tmp_path):
     run_dir = tmp_path / "taken"
-    run_train(run_dir, "total_timesteps=256", "eval_episodes=0")
-    config_before = (run_dir / ".hydra" / "config.yaml").read_bytes()
+    shutil.copytree(trpo_hopper[0], run_dir)
+    before = folder_digest(run_dir)
     result = subprocess.run(command(run_dir, "total_timesteps=512", "seed=9"), cwd=REPO, capture_output=True,
                             text=True, timeout=1200)
     assert result.returncode == 2 and "already holds a run" in result.stderr
-    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == config_before
+    assert folder_digest(run_dir) == before
 
 
-def test_start_banner_says_where_what_and_how_long_and_warnings_are_not_repeated(tmp_path):
-    run_dir = tmp_path / "banner"
-    result = run_train(run_dir, "algo=trpo", "env=Hopper-v4", "total_timesteps=5000", "eval_every=1",
-                       "eval_episodes=1")
+def test_start_banner_says_where_what_and_how_long_and_warnings_are_not_repeated(trpo_hopper):
+    run_dir, result = trpo_hopper
     out = result.stdout
     assert f"run folder   {run_dir.resolve()}" in out
     assert "training     trpo on Hopper-v4 (gymnasium " in out
@@ -254,11 +263,10 @@ def hparams_of(run_dir):
     return columns, values
 
 
-def test_hparams_share_every_algorithms_columns_and_show_booleans_as_words(tmp_path):
+def test_hparams_share_every_algorithms_columns_and_show_booleans_as_words(trpo_hopper):
     from tensorboard.plugins.hparams import api_pb2
 
-    run_dir = tmp_path / "hparams"
-    run_train(run_dir, "algo=trpo", "total_timesteps=1024", "eval_episodes=0")
+    run_dir = trpo_hopper[0]
     columns, values = hparams_of(run_dir)
     assert {"algo.clip_coef", "algo.update_epochs", "algo.max_kl", "algo.step_size", "env.num_envs", "seed"} <= set(columns)
     assert columns["algo.normalize_advantages"] == api_pb2.DATA_TYPE_STRING

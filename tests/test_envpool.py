@@ -2,21 +2,19 @@
 own CartPole physics; truncations bootstrap from the true final state; seeding, reproducibility, resume."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+from rl.config import ConfigError, resolve, validate
 from rl.envs import make_vector_env
 from rl.policy import Agent
 from rl.rollout import Collector
-from tests.reproducibility.runs import final_parameters, same_parameters, scalars
+from tests.reproducibility.runs import final_parameters, run_all, same_parameters, scalars
+from tests.test_configs import compose_config
 
-REPO = Path(__file__).resolve().parent.parent
 NUM_ENVS, NUM_STEPS, LIMIT = 4, 128, 20  # a random policy ends about half its episodes before 20 steps
 
 
@@ -114,28 +112,26 @@ def test_hopper_restarts_where_episodes_end():
     envs.close()
 
 
-def train(run_dir, *overrides):
-    result = subprocess.run([sys.executable, "-m", "rl.train", f"hydra.run.dir={run_dir}", "progress=false",
-                             "env.backend=envpool", *overrides], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def test_same_seed_same_bits_other_seed_other_run_and_resume(tmp_path):
-    overrides = ["algo=trpo", "env=Hopper-v4", "total_timesteps=8192", "eval_episodes=2", "env.num_threads=2"]
-    train(tmp_path / "a", *overrides)
-    train(tmp_path / "b", *overrides)
-    train(tmp_path / "other", *overrides, "seed=2")
+    overrides = ["env.backend=envpool", "algo=trpo", "env=Hopper-v4", "total_timesteps=8192", "eval_episodes=2",
+                 "env.num_threads=2"]
+    results = run_all({name: (tmp_path / name, overrides + extra) for name, extra in (
+        ("a", []), ("b", []), ("other", ["seed=2"]), ("resumed", ["stop_after_steps=4096"]))})
+    results.update(run_all({"resumed": (tmp_path / "resumed", [f"resume={tmp_path / 'resumed'}"])}))
+    for name, (rc, _, err) in results.items():
+        assert rc == 0, (name, err[-3000:])
     assert scalars(tmp_path / "a") == scalars(tmp_path / "b")
     assert same_parameters(final_parameters(tmp_path / "a"), final_parameters(tmp_path / "b"))
     assert scalars(tmp_path / "a")["charts/episodic_return"] != scalars(tmp_path / "other")["charts/episodic_return"]
-    train(tmp_path / "resumed", *overrides, "stop_after_steps=4096")
-    train(tmp_path / "resumed", "resume=" + str(tmp_path / "resumed"))  # new episodes, the rest continues
+    # Resumed: new episodes (EnvPool's env state is not saved), the rest continues to the full budget.
     assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["total_timesteps"] == 8192
 
 
-def test_unknown_envpool_id_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "rl.train", "env=generic", "env.id=NoSuch-v9", "env.backend=envpool",
-                             f"hydra.run.dir={tmp_path / 'x'}"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1 and "not an EnvPool env" in lines[0], result.stderr
+def test_unknown_envpool_id_is_one_line():
+    """Refused by validation, which tests/test_cli.py shows reaching the user as one line and exit 2."""
+    cfg = compose_config("env=generic", "env.id=NoSuch-v9", "env.backend=envpool")
+    with pytest.raises(ConfigError) as refused:
+        resolve(cfg)
+        validate(cfg)
+    line = str(refused.value)
+    assert "\n" not in line and "env.id" in line and "not an EnvPool env" in line, line
