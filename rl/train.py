@@ -79,23 +79,26 @@ def train(cfg, run_dir, device, resume_state=None):
                            backend=env_cfg.backend, num_threads=env_cfg.num_threads, **env_kwargs)
     progress = {"saved_step": resume_state["global_step"] if resume_state is not None else None, "step": 0}
     failed = True
-    try:
-        summary = _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress)
-        failed = False
-        return summary
-    except (EnvError, NonFiniteError, RanksDiverged, OSError, EOFError, KeyboardInterrupt) as error:
-        raise RunFailed(*describe_fault(error, envs, run_dir, progress)) from None
-    except RuntimeError as error:
-        if distributed.world_size() == 1:
-            raise
-        # A collective failed: another rank died or was killed (its own message names why).
-        raise RunFailed(f"lost contact with the other ranks ({first_line(error)}); {kept(run_dir, progress)}") \
-            from None
-    finally:
-        close_vector_env(envs, failed)
+    # The signal handlers stay through the clean-up: when a rank dies, torchrun SIGTERMs the others, and one
+    # that met the failure first must still get to say what happened rather than die mid-clean-up.
+    with StopRequest() as stop:
+        try:
+            summary = _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress, stop)
+            failed = False
+            return summary
+        except (EnvError, NonFiniteError, RanksDiverged, OSError, EOFError, KeyboardInterrupt) as error:
+            raise RunFailed(*describe_fault(error, envs, run_dir, progress)) from None
+        except RuntimeError as error:
+            if distributed.world_size() == 1:
+                raise
+            # A collective failed: another rank died or was killed (its own message names why).
+            raise RunFailed(f"lost contact with the other ranks ({first_line(error)}); {kept(run_dir, progress)}") \
+                from None
+        finally:
+            close_vector_env(envs, failed)
 
 
-def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress):
+def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress, stop):
     algo_cfg, env_cfg = cfg.algo, cfg.env
     algorithm = ALGORITHMS[algo_cfg.name]
     world, main = distributed.world_size(), distributed.is_main()
@@ -160,46 +163,45 @@ def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, pro
         progress["saved_step"] = global_step
 
     try:
-        with StopRequest() as stop:
-            while iteration < num_iterations and global_step < stop_at and not distributed.any_rank(stop.requested):
-                iteration += 1
-                progress["step"] = global_step
-                metrics = _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers,
-                                   generator, collector, global_step, cfg.nan_policy)
-                if cfg.distributed_check:
-                    _check_ranks_agree(agent, iteration)
-                global_step += batch_size
-                episodes = [e for rank_episodes in distributed.gather_objects(metrics.pop("episodes"))
-                            for e in rank_episodes]
-                recent_returns.extend(episode_return for episode_return, _ in episodes)
-                logger.episodes(episodes, global_step)
-                sps = global_step / (elapsed_before + time.perf_counter() - start_time)
-                if iteration % cfg.log_every == 0 or iteration == num_iterations:
-                    logger.scalars({**metrics, "charts/sps": sps}, global_step)
-                logger.progress(global_step, sps)
-                if cfg.eval_episodes > 0 and (iteration == num_iterations or (
-                        cfg.eval_every and iteration % cfg.eval_every == 0)):
-                    improved = False
-                    if main:  # rank 0 evaluates; the others wait at the next collective
-                        evaluation = _evaluate(cfg, acting_agent, env_kwargs, logger, global_step,
-                                               final=iteration == num_iterations)
-                        improved = best["return"] is None or float(np.mean(evaluation[0])) > best["return"]
-                        if improved:
-                            best.update({"return": float(np.mean(evaluation[0])), "step": global_step})
-                    if distributed.broadcast_object(improved):
-                        snapshot = state()
-                        if main:
-                            checkpoint.save_best(run_dir, snapshot)
-                if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < num_iterations:
-                    save()
-            stopped = (stop.requested or "a signal to another rank") if distributed.any_rank(stop.requested) \
-                else ("stop_after_steps" if iteration < num_iterations else None)
-            save()
-            if stopped:
-                if main:
-                    print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
-                          f"{resume_command(run_dir)}", flush=True)
-                return None
+        while iteration < num_iterations and global_step < stop_at and not distributed.any_rank(stop.requested):
+            iteration += 1
+            progress["step"] = global_step
+            metrics = _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers,
+                               generator, collector, global_step, cfg.nan_policy)
+            if cfg.distributed_check:
+                _check_ranks_agree(agent, iteration)
+            global_step += batch_size
+            episodes = [e for rank_episodes in distributed.gather_objects(metrics.pop("episodes"))
+                        for e in rank_episodes]
+            recent_returns.extend(episode_return for episode_return, _ in episodes)
+            logger.episodes(episodes, global_step)
+            sps = global_step / (elapsed_before + time.perf_counter() - start_time)
+            if iteration % cfg.log_every == 0 or iteration == num_iterations:
+                logger.scalars({**metrics, "charts/sps": sps}, global_step)
+            logger.progress(global_step, sps)
+            if cfg.eval_episodes > 0 and (iteration == num_iterations or (
+                    cfg.eval_every and iteration % cfg.eval_every == 0)):
+                improved = False
+                if main:  # rank 0 evaluates; the others wait at the next collective
+                    evaluation = _evaluate(cfg, acting_agent, env_kwargs, logger, global_step,
+                                           final=iteration == num_iterations)
+                    improved = best["return"] is None or float(np.mean(evaluation[0])) > best["return"]
+                    if improved:
+                        best.update({"return": float(np.mean(evaluation[0])), "step": global_step})
+                if distributed.broadcast_object(improved):
+                    snapshot = state()
+                    if main:
+                        checkpoint.save_best(run_dir, snapshot)
+            if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < num_iterations:
+                save()
+        stopped = (stop.requested or "a signal to another rank") if distributed.any_rank(stop.requested) \
+            else ("stop_after_steps" if iteration < num_iterations else None)
+        save()
+        if stopped:
+            if main:
+                print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
+                      f"{resume_command(run_dir)}", flush=True)
+            return None
     finally:
         logger.close()
     if not main:

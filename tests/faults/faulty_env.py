@@ -5,7 +5,8 @@ Keyword arguments (`+env.kwargs.<name>=...`):
 - fault_seed: only the sub-env first reset with this seed breaks (a run with seed s seeds sub-env i s + i);
 - fault_after: it breaks at this step of its life (counted over episodes);
 - marker: it breaks only while this file exists, so a test can mend the env and resume;
-- continuous: a Box action space instead of Discrete(2).
+- continuous: a Box action space instead of Discrete(2);
+- close_marker: once broken, close() creates this file, then takes 5 s (a slow clean-up a signal can land in).
 Otherwise it is a dull task: 4-d random observations, reward = 1 per step, episodes of 50 steps.
 """
 
@@ -19,10 +20,11 @@ import numpy as np
 class Faulty(gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, fault="none", fault_seed=None, fault_after=0, marker=None, continuous=False):
+    def __init__(self, fault="none", fault_seed=None, fault_after=0, marker=None, continuous=False, close_marker=None):
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if continuous else gym.spaces.Discrete(2)
         self.fault, self.fault_seed, self.fault_after, self.marker = fault, fault_seed, fault_after, marker
+        self.close_marker = close_marker
         self.first_seed = None
         self.steps = 0
         self.t = 0
@@ -54,6 +56,11 @@ class Faulty(gym.Env):
             if self.fault == "hang":
                 time.sleep(3600)
         return obs, reward, False, self.t >= 50, {}
+
+    def close(self):
+        if self.close_marker is not None and self._breaks_now():
+            open(self.close_marker, "a").close()
+            time.sleep(5)
 
 
 gym.register("Faulty-v0", entry_point=Faulty)

@@ -42,6 +42,28 @@ def test_a_raising_sub_env_is_named_and_the_run_resumes_once_it_is_mended(tmp_pa
     assert latest_state(run_dir)["global_step"] == 1024
 
 
+def test_a_sigterm_during_the_clean_up_of_a_failed_run_does_not_swallow_its_line(tmp_path):
+    """When one torchrun rank dies, torchrun SIGTERMs the others, maybe while one is closing its envs after
+    meeting the failure itself: it must still say what happened, not die silently of the signal."""
+    run_dir, closing = tmp_path / "sigterm", tmp_path / "closing"
+    overrides = faulty_overrides("raise", "total_timesteps=1024", f"+env.kwargs.close_marker={closing}",
+                                 fault_after=100)
+    process = subprocess.Popen(train_command(run_dir, *overrides), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + HANG
+        while not closing.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert closing.exists() and process.poll() is None, "the run ended before closing its envs"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=HANG)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    line = one_error_line(err)
+    assert process.returncode == 1 and "sub-env 1" in line and "injected fault at step 100" in line, line
+
+
 def test_a_killed_worker_ends_the_run_in_bounded_time(tmp_path):
     run_dir = tmp_path / "killed"
     overrides = faulty_overrides("none", "total_timesteps=200000", vectorization="async", num_envs=3)
