@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rl.config import ConfigError, validate
+from rl.config import ConfigError, resolve, validate
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NOT_ENVS = {"common", "generic"}
@@ -19,6 +19,18 @@ TUNED_NAMES = sorted(p.stem for p in (CONFIG_DIR / "tuned").glob("*.yaml"))
 def compose_config(*overrides):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def refusal(*overrides):
+    """The one line `python -m rl.train` prints after "error: " when validation refuses these overrides
+    (tests/test_cli.py shows such a refusal reaching the user end to end: that line, exit 2)."""
+    cfg = compose_config(*overrides)
+    with pytest.raises(ConfigError) as refused:
+        resolve(cfg)
+        validate(cfg)
+    line = str(refused.value)
+    assert "\n" not in line
+    return line
 
 
 def leaf_keys(node, prefix=""):

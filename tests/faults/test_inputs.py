@@ -6,10 +6,9 @@ folder) and by the last test below (a folder the user already had)."""
 
 import pytest
 
-from rl.config import ConfigError, resolve, validate
 from tests.faults.conftest import one_error_line
 from tests.reproducibility.runs import folder_digest, run_all
-from tests.test_configs import compose_config
+from tests.test_configs import refusal
 
 CASES = {  # name: (overrides, text the line must contain)
     "infinite_learning_rate": (["algo.learning_rate=inf"], "algo.learning_rate=inf: must be a finite number"),
@@ -24,22 +23,11 @@ CASES = {  # name: (overrides, text the line must contain)
 }
 
 
-def refusal(overrides):
-    """The one line `python -m rl.train` would print after "error: " for these overrides."""
-    cfg = compose_config(*overrides)
-    with pytest.raises(ConfigError) as refused:
-        resolve(cfg)
-        validate(cfg)
-    line = str(refused.value)
-    assert "\n" not in line
-    return line
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_refused_in_one_line_naming_the_key(name, monkeypatch):
     monkeypatch.delenv("RL_TEST_UNSET_VARIABLE", raising=False)
     overrides, text = CASES[name]
-    line = refusal(overrides)
+    line = refusal(*overrides)
     assert text in line, line
 
 
@@ -54,5 +42,5 @@ def test_a_refused_run_in_an_existing_empty_folder_leaves_it_as_it_was(tmp_path)
 
 
 def test_the_huge_network_message_says_how_much_memory_it_needs():
-    line = refusal(CASES["huge_critic"][0])
+    line = refusal(*CASES["huge_critic"][0])
     assert "3,600," in line and "weights need about" in line, line  # 60000 x 60000 weights in the middle layer
