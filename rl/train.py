@@ -236,8 +236,9 @@ def _evaluate(cfg, acting_agent, env_kwargs, logger, global_step, final):
     evaluation = evaluate(acting_agent, cfg.env.id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET, env_kwargs,
                           progress=final and logger.interactive, backend=cfg.env.backend)
     mean, std = float(np.mean(evaluation[0])), float(np.std(evaluation[0]))
-    logger.scalars({"eval/return": mean, "eval/return_std": std, "time/eval_seconds": time.perf_counter() - start},
-                   global_step)
+    # The mean length tells a policy that falls early from one that lives the whole episode slowly.
+    logger.scalars({"eval/return": mean, "eval/return_std": std, "eval/length": float(np.mean(evaluation[1])),
+                    "time/eval_seconds": time.perf_counter() - start}, global_step)
     logger.message(f"eval return {mean:.1f} +/- {std:.1f} at step {global_step}")
     return evaluation
 

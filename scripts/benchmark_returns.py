@@ -12,7 +12,8 @@ same way. What is kept, under `--out`:
 
     <out>/<env>/<cell>/seed<k>/summary.json   the run's summary.json, plus the mean of its last 5
                                               evaluation points and the command that made it
-    <out>/<env>/<cell>/seed<k>/curve.csv      step, train_return, eval_return, eval_return_std per iteration
+    <out>/<env>/<cell>/seed<k>/curve.csv      step, training and evaluation returns (mean, and the
+                                              evaluation's std) and episode lengths per iteration
     <out>/<env>/<cell>/seed<k>/stats.csv      step and the update's diagnostics (entropy, KL, CG residual,
                                               explained variance, ...) per iteration (rl runs)
     <out>/<env>/<cell>/seed<k>/config.yaml    the run's resolved config (rl runs)
@@ -35,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SB3_ALGOS = ("sb3-ppo", "sb3-trpo")
-CSV_COLUMNS = ("step", "train_return", "eval_return", "eval_return_std")
+CSV_COLUMNS = ("step", "train_return", "eval_return", "eval_return_std", "train_length", "eval_length")
 # What an update logs that explains a curve: the policy's entropy and how far each update moved it, how well
 # CG solved for the direction, how well the critic fits.
 STATS_TAGS = ("losses/entropy", "losses/explained_variance", "losses/value_loss", "losses/approx_kl",
@@ -84,17 +85,20 @@ def curve_from_tensorboard(run_dir):
     events = EventAccumulator(str(old_layout if old_layout.is_dir() else run_dir), size_guidance={"scalars": 0})
     events.Reload()
     tags = events.Tags()["scalars"]
-    train = defaultdict(list)
-    for event in events.Scalars("charts/episodic_return") if "charts/episodic_return" in tags else []:
-        train[event.step].append(event.value)
-    evaluation = {e.step: e.value for e in events.Scalars("eval/return")} if "eval/return" in tags else {}
-    spread = {e.step: e.value for e in events.Scalars("eval/return_std")} if "eval/return_std" in tags else {}
-    rows = []
-    for step in sorted(set(train) | set(evaluation)):
-        rows.append({"step": step,
-                     "train_return": sum(train[step]) / len(train[step]) if train.get(step) else "",
-                     "eval_return": evaluation.get(step, ""), "eval_return_std": spread.get(step, "")})
-    return rows
+
+    def per_step_means(tag):
+        values = defaultdict(list)
+        for event in events.Scalars(tag) if tag in tags else []:
+            values[event.step].append(event.value)
+        return {step: sum(v) / len(v) for step, v in values.items()}
+
+    train, train_length = per_step_means("charts/episodic_return"), per_step_means("charts/episodic_length")
+    evaluation, spread, eval_length = (per_step_means(tag) for tag in ("eval/return", "eval/return_std",
+                                                                       "eval/length"))
+    return [{"step": step, "train_return": train.get(step, ""), "eval_return": evaluation.get(step, ""),
+             "eval_return_std": spread.get(step, ""), "train_length": train_length.get(step, ""),
+             "eval_length": eval_length.get(step, "")}
+            for step in sorted(set(train) | set(evaluation))]
 
 
 def stats_from_tensorboard(run_dir):

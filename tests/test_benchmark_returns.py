@@ -56,7 +56,7 @@ def test_curve_matches_the_runs_tensorboard_and_summary(matrix):
     out, runs, _, _ = matrix
     result, run_dir = out / "CartPole-v1" / "ppo" / "seed1", runs / "CartPole-v1" / "ppo" / "seed1"
     rows = read_rows(result / "curve.csv")
-    assert list(rows[0]) == ["step", "train_return", "eval_return", "eval_return_std"]
+    assert list(rows[0]) == ["step", "train_return", "eval_return", "eval_return_std", "train_length", "eval_length"]
     assert [int(r["step"]) for r in rows] == [256 * i for i in range(1, 9)]
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -72,6 +72,11 @@ def test_curve_matches_the_runs_tensorboard_and_summary(matrix):
         episodes = [e.value for e in events.Scalars("charts/episodic_return") if e.step == step]
         if episodes:
             assert float(row["train_return"]) == pytest.approx(sum(episodes) / len(episodes), rel=1e-5)
+        # CartPole pays 1 per step, so an episode's length is its return: an independent check of the lengths
+        for length, episode_return in (("train_length", "train_return"), ("eval_length", "eval_return")):
+            assert (row[length] == "") == (row[episode_return] == "")
+            if row[length]:
+                assert float(row[length]) == pytest.approx(float(row[episode_return]), rel=1e-5)
 
     summary = json.loads((result / "summary.json").read_text())
     ordered = [evaluations[s] for s in sorted(evaluations)]

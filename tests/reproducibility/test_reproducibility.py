@@ -89,7 +89,7 @@ def test_evaluation_during_training_leaves_the_training_run_unchanged(runs, algo
     iterations = BUDGET[algo] // ITERATION[algo]
     assert [step for step, _ in evaluations] == [i * ITERATION[algo] for i in range(1, iterations + 1)
                                                  if i % 3 == 0 or i == iterations]  # every 3rd and the last
-    assert with_eval.pop("eval/return_std") and "eval/return" not in without
+    assert with_eval.pop("eval/return_std") and with_eval.pop("eval/length") and "eval/return" not in without
     assert with_eval == without
     assert same_parameters(final_parameters(runs[(algo, "a")]), final_parameters(runs[(algo, "no_eval")]))
 
