@@ -91,8 +91,10 @@ def main():
     kwargs, policy = recipe(args.algo, args.env)
     for override in args.overrides:
         key, _, value = override.partition("=")
-        if key == "total_timesteps":  # the budget, spelt as rl.train spells it
+        if key == "total_timesteps":  # the budget and the evaluation's size, spelt as rl.train spells them
             args.total_timesteps = int(value)
+        elif key == "eval_episodes":
+            args.eval_episodes = int(value)
         else:
             kwargs[key] = yaml.safe_load(value)
     n_envs = kwargs.pop("n_envs")
