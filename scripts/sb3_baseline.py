@@ -52,19 +52,27 @@ def recipe(algo, env_id):
 
 
 def evaluate(model, venv, env_id, episodes, seed):
-    returns = []
+    """(returns, lengths) of `episodes` deterministic episodes."""
+    returns, lengths = [], []
     for i in range(episodes):
         env = gym.make(env_id)
         obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET + i)
-        total, done = 0.0, False
+        total, length, done = 0.0, 0, False
         while not done:
             action, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
+            length += 1
             done = terminated or truncated
         env.close()
         returns.append(total)
-    return returns
+        lengths.append(length)
+    return returns, lengths
+
+
+def evaluation_columns(returns, lengths):
+    return {"eval_return": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
+            "eval_length": float(np.mean(lengths))}
 
 
 def main():
@@ -117,37 +125,38 @@ def main():
 
         def __init__(self):
             super().__init__()
-            self.finished, self.next_eval = [], args.eval_every_steps
+            self.finished, self.finished_lengths, self.next_eval = [], [], args.eval_every_steps
 
         def _on_step(self):
             for info in self.locals["infos"]:
                 if "episode" in info:
                     self.finished.append(info["episode"]["r"])
+                    self.finished_lengths.append(info["episode"]["l"])
             return True
 
         def _on_rollout_end(self):
             step = self.num_timesteps
             row = {"step": step, "train_return": np.mean(self.finished) if self.finished else "",
-                   "eval_return": "", "eval_return_std": ""}
+                   "eval_return": "", "eval_return_std": "",
+                   "train_length": np.mean(self.finished_lengths) if self.finished_lengths else "", "eval_length": ""}
             recent.extend(self.finished)
-            self.finished = []
+            self.finished, self.finished_lengths = [], []
             if step >= self.next_eval or step >= args.total_timesteps:
                 self.next_eval += args.eval_every_steps
-                returns = evaluate(self.model, venv, args.env, args.eval_episodes, args.seed)
-                row["eval_return"], row["eval_return_std"] = float(np.mean(returns)), float(np.std(returns))
+                row.update(evaluation_columns(*evaluate(self.model, venv, args.env, args.eval_episodes, args.seed)))
             rows.append(row)
 
     start = time.perf_counter()
     model.learn(total_timesteps=args.total_timesteps, callback=Record())
     wall = time.perf_counter() - start
     if not rows or rows[-1]["eval_return"] == "":  # the last rollout was not evaluated yet
-        returns = evaluate(model, venv, args.env, args.eval_episodes, args.seed)
-        rows.append({"step": model.num_timesteps, "train_return": "", "eval_return": float(np.mean(returns)),
-                     "eval_return_std": float(np.std(returns))})
+        rows.append({"step": model.num_timesteps, "train_return": "", "train_length": "",
+                     **evaluation_columns(*evaluate(model, venv, args.env, args.eval_episodes, args.seed))})
     final = rows[-1]
     best = max((row for row in rows if row["eval_return"] != ""), key=lambda row: row["eval_return"])
     with open(args.out / "curve.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "train_return", "eval_return", "eval_return_std"])
+        writer = csv.DictWriter(f, fieldnames=["step", "train_return", "eval_return", "eval_return_std", "train_length",
+                                               "eval_length"])
         writer.writeheader()
         writer.writerows(rows)
     summary = {
