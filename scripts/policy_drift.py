@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from rl import checkpoint
 from rl.evaluate import EVAL_SEED_OFFSET, evaluate
@@ -73,7 +74,7 @@ def compare(run_dir, step_a, step_b, episodes):
     agent_a, config = load_agent(run_dir, step_a)
     agent_b, _ = load_agent(run_dir, step_b)
     env_id, seed = config.env.id, config.seed + EVAL_SEED_OFFSET
-    env_kwargs = dict(config.env.get("kwargs") or {})
+    env_kwargs = OmegaConf.to_container(config.env.kwargs)
     backend = config.env.get("backend", "gymnasium")
     combinations = {"weights a, statistics a": agent_a, "weights b, statistics b": agent_b,
                     "weights a, statistics b": with_statistics(agent_a, agent_b),
