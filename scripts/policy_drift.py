@@ -1,4 +1,4 @@
-"""Which changed a run's evaluation between two checkpoints: the policy's weights or its observation statistics?
+"""Which changed a run's evaluation between two checkpoints: the weights or the observation statistics?
 
     python -m rl.train ... checkpoint_keep=100          # keep every checkpoint (one per checkpoint_every)
     python scripts/policy_drift.py <run dir> 450560 573440 [more steps] [--episodes 10] [--json out.json]
@@ -83,7 +83,8 @@ def compare(run_dir, step_a, step_b, episodes):
     for name, agent in combinations.items():
         returns, lengths = evaluate(agent, env_id, episodes, seed, env_kwargs, backend=backend)
         rows[name] = {"return": float(np.mean(returns)), "return_std": float(np.std(returns)),
-                      "length": float(np.mean(lengths)), "return_per_step": float(np.sum(returns) / np.sum(lengths))}
+                      "length": float(np.mean(lengths)),
+                      "return_per_step": float(np.sum(returns) / np.sum(lengths))}
     states = visited_observations(agent_a, env_id, episodes, seed, env_kwargs)
     drift = {"kl": mean_kl(agent_a, agent_b, states),
              "kl_weights": mean_kl(agent_a, combinations["weights b, statistics a"], states),
@@ -111,8 +112,9 @@ def main(argv=None):
     for result in results:
         for name, row in result["evaluations"].items():
             weights, statistics = (part.split()[-1] for part in name.split(", "))
-            print(f"| {result['step_a']} -> {result['step_b']} | {weights} | {statistics} | {row['return']:,.0f} "
-                  f"+/- {row['return_std']:,.0f} | {row['length']:,.0f} | {row['return_per_step']:.2f} |")
+            print(f"| {result['step_a']} -> {result['step_b']} | {weights} | {statistics} | "
+                  f"{row['return']:,.0f} +/- {row['return_std']:,.0f} | {row['length']:,.0f} | "
+                  f"{row['return_per_step']:.2f} |")
     print()
     print("| a -> b | KL(pi_a || pi_b) | of it, weights only | statistics only | states |")
     print("|---|---|---|---|---|")

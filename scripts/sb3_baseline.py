@@ -138,7 +138,8 @@ def main():
             step = self.num_timesteps
             row = {"step": step, "train_return": np.mean(self.finished) if self.finished else "",
                    "eval_return": "", "eval_return_std": "",
-                   "train_length": np.mean(self.finished_lengths) if self.finished_lengths else "", "eval_length": ""}
+                   "train_length": np.mean(self.finished_lengths) if self.finished_lengths else "",
+                   "eval_length": ""}
             recent.extend(self.finished)
             self.finished, self.finished_lengths = [], []
             if step >= self.next_eval or step >= args.total_timesteps:
@@ -155,8 +156,8 @@ def main():
     final = rows[-1]
     best = max((row for row in rows if row["eval_return"] != ""), key=lambda row: row["eval_return"])
     with open(args.out / "curve.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "train_return", "eval_return", "eval_return_std", "train_length",
-                                               "eval_length"])
+        writer = csv.DictWriter(f, fieldnames=["step", "train_return", "eval_return", "eval_return_std",
+                                               "train_length", "eval_length"])
         writer.writeheader()
         writer.writerows(rows)
     summary = {
