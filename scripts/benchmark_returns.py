@@ -15,7 +15,8 @@ same way. What is kept, under `--out`:
     <out>/<env>/<cell>/seed<k>/curve.csv      step, training and evaluation returns (mean, and the
                                               evaluation's std) and episode lengths per iteration
     <out>/<env>/<cell>/seed<k>/stats.csv      step and the update's diagnostics (entropy, KL, CG residual,
-                                              explained variance, ...) per iteration (rl runs)
+                                              explained variance, ...) per iteration (SB3 cells: its
+                                              own train/* names)
     <out>/<env>/<cell>/seed<k>/config.yaml    the run's resolved config (rl runs)
 
 <cell> is the algo, or `<algo>-<name>` for a named cell. Runs whose result folder already holds a
@@ -42,6 +43,10 @@ CSV_COLUMNS = ("step", "train_return", "eval_return", "eval_return_std", "train_
 STATS_TAGS = ("losses/entropy", "losses/explained_variance", "losses/value_loss", "losses/approx_kl",
               "losses/clipfrac", "trpo/kl", "trpo/kl_from_std", "trpo/cg_residual", "trpo/cg_relative_residual",
               "trpo/line_search_steps", "trpo/step_norm")
+# The same for SB3 / sb3-contrib cells, under their own names (train/std is the policy's mean std;
+# sb3-contrib's train/kl_divergence_loss is the KL averaged over action dimensions).
+SB3_STATS_TAGS = ("train/std", "train/kl_divergence_loss", "train/approx_kl", "train/clip_fraction",
+                  "train/explained_variance", "train/value_loss", "train/entropy_loss")
 
 
 def cell_name(algo, name=None):
@@ -101,13 +106,13 @@ def curve_from_tensorboard(run_dir):
             for step in sorted(set(train) | set(evaluation))]
 
 
-def stats_from_tensorboard(run_dir):
-    """(columns, rows): per logged step, the STATS_TAGS this run logged."""
+def stats_from_tensorboard(run_dir, wanted=STATS_TAGS):
+    """(columns, rows): per logged step, the `wanted` tags this run logged."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    tags = [tag for tag in STATS_TAGS if tag in events.Tags()["scalars"]]
+    tags = [tag for tag in wanted if tag in events.Tags()["scalars"]]
     by_step = defaultdict(dict)
     for tag in tags:
         for event in events.Scalars(tag):
@@ -154,6 +159,10 @@ def collect_result(job, run_dir, result_dir, cmd, resumed):
     if job["algo"] not in SB3_ALGOS:
         columns, stats = stats_from_tensorboard(run_dir)
         write_csv(result_dir / "stats.csv", stats, columns)
+    else:  # sb3_baseline.py writes one TensorBoard folder per run under <run>/tensorboard
+        for folder in sorted((Path(run_dir) / "tensorboard").glob("*"))[-1:]:
+            columns, stats = stats_from_tensorboard(folder, SB3_STATS_TAGS)
+            write_csv(result_dir / "stats.csv", stats, columns)
     (result_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -188,6 +197,9 @@ def main(argv=None):
         where = Path(job["env"]) / cell_name(job["algo"], job["name"]) / f"seed{job['seed']}"
         result_dir, run_dir = args.out / where, args.runs_dir / where
         if args.recollect and (run_dir / "summary.json").exists() and (result_dir / "summary.json").exists():
+            if args.dry_run:
+                print(f"would collect {where} again from {run_dir}", flush=True)
+                continue
             kept = json.loads((result_dir / "summary.json").read_text())  # how the run was made, not how now
             collect_result(job, run_dir, result_dir, kept["command"].split(), kept["resumed"])
             print(f"done  {where} (collected again from {run_dir})", flush=True)

@@ -136,6 +136,8 @@ def test_recollect_rebuilds_results_from_the_run_folders(matrix):
     result = out / "CartPole-v1" / "trpo" / "seed2"
     stats, summary = (result / "stats.csv").read_text(), json.loads((result / "summary.json").read_text())
     (result / "stats.csv").unlink()
+    dry = run_runner(*args, "--recollect", "--dry-run")
+    assert dry.count("would collect") == 4 and not (result / "stats.csv").exists()  # a dry run writes nothing
     log = run_runner(*args, "--recollect")
     assert log.count("collected again") == 4 and "start" not in log
     assert (result / "stats.csv").read_text() == stats
@@ -180,3 +182,30 @@ def test_seeds_pick_from_a_matrix_file(tmp_path):
     log = run_runner("--matrix", str(matrix), "--seeds", "2", "4", "--out", str(tmp_path / "out"), "--dry-run")
     assert [line.split(":")[0] for line in log.splitlines()] == ["would run CartPole-v1/ppo/seed2",
                                                                  "would run CartPole-v1/trpo/seed4"]
+
+
+def test_an_sb3_cell_keeps_its_own_training_statistics(tmp_path):
+    """sb3_baseline.py's run folder: summary, curve and a TensorBoard folder; stats.csv keeps its train/* tags."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    runner = scripts_path.script("benchmark_returns")
+    run_dir, result_dir = tmp_path / "run", tmp_path / "result"
+    (run_dir / "tensorboard").mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"env": "Hopper-v4", "algo": "sb3-trpo", "seed": 5}))
+    (run_dir / "curve.csv").write_text("step,train_return,eval_return,eval_return_std,train_length,eval_length\n"
+                                       "2048,300.5,,,120,\n4096,,800.25,3.5,,250\n")
+    writer = SummaryWriter(str(run_dir / "tensorboard" / "TRPO_1"))
+    logged = {2048: {"train/std": 0.9, "train/kl_divergence_loss": 0.005, "rollout/ep_len_mean": 120.0},
+              4096: {"train/std": 0.8, "train/kl_divergence_loss": 0.006, "rollout/ep_len_mean": 140.0}}
+    for step, values in logged.items():
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    job = {"env": "Hopper-v4", "algo": "sb3-trpo", "name": None, "overrides": [], "seed": 5}
+    runner.collect_result(job, run_dir, result_dir, ["scripts/sb3_baseline.py", "--seed=5"], resumed=False)
+    rows = read_rows(result_dir / "stats.csv")
+    assert list(rows[0]) == ["step", "train/std", "train/kl_divergence_loss"]  # only what an update logged
+    assert [(int(r["step"]), float(r["train/std"]), float(r["train/kl_divergence_loss"])) for r in rows] == \
+        [(2048, pytest.approx(0.9), pytest.approx(0.005)), (4096, pytest.approx(0.8), pytest.approx(0.006))]
+    curve = read_rows(result_dir / "curve.csv")
+    assert [(r["train_length"], r["eval_length"]) for r in curve] == [("120", ""), ("", "250")]
