@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -41,25 +42,37 @@ def with_statistics(weights_agent, statistics_agent):
     return hybrid
 
 
-@torch.no_grad()
-def visited_observations(agent, env_id, episodes, seed, env_kwargs):
-    """Raw observations of `episodes` deterministic episodes of `agent` (the evaluation's seeds)."""
-    import gymnasium as gym
+class FirstEpisodeStates(gym.Wrapper):
+    """Appends to `states` the raw observations its env's first episode acts on (an evaluation runs one
+    episode per sub-env; the vector env's autoreset starts a second, which is not kept)."""
 
-    observations = []
-    for i in range(episodes):
-        env = gym.make(env_id, **env_kwargs)
-        obs, _ = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            observations.append(obs)
-            action = agent.act(torch.as_tensor(obs, dtype=torch.float32)[None], True)[0].numpy()
-            if isinstance(env.action_space, gym.spaces.Box):
-                action = np.clip(action, env.action_space.low, env.action_space.high)
-            obs, _, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
-        env.close()
-    return torch.as_tensor(np.asarray(observations), dtype=torch.float32)
+    def __init__(self, env, states):
+        super().__init__(env)
+        self.states, self.recording = states, None
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if self.recording is None:
+            self.recording = True
+            self.states.append(obs)
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.recording:
+            if terminated or truncated:
+                self.recording = False
+            else:
+                self.states.append(obs)
+        return obs, reward, terminated, truncated, info
+
+
+def evaluate_keeping_states(agent, env_id, episodes, seed, env_kwargs):
+    """rl.evaluate's evaluation, plus the raw observations (states, obs_dim) the policy acted on."""
+    states = []
+    returns, lengths = evaluate(agent, env_id, episodes, seed, env_kwargs,
+                                wrappers=[lambda env: FirstEpisodeStates(env, states)])
+    return returns, lengths, torch.as_tensor(np.asarray(states), dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -73,19 +86,22 @@ def mean_kl(old_agent, new_agent, observations):
 def compare(run_dir, step_a, step_b, episodes):
     agent_a, config = load_agent(run_dir, step_a)
     agent_b, _ = load_agent(run_dir, step_b)
+    if config.env.get("backend", "gymnasium") != "gymnasium":
+        raise checkpoint.CheckpointError(f"{run_dir}: an envpool run; policy_drift.py replays gymnasium runs")
     env_id, seed = config.env.id, config.seed + EVAL_SEED_OFFSET
     env_kwargs = OmegaConf.to_container(config.env.kwargs)
-    backend = config.env.get("backend", "gymnasium")
     combinations = {"weights a, statistics a": agent_a, "weights b, statistics b": agent_b,
                     "weights a, statistics b": with_statistics(agent_a, agent_b),
                     "weights b, statistics a": with_statistics(agent_b, agent_a)}
     rows = {}
     for name, agent in combinations.items():
-        returns, lengths = evaluate(agent, env_id, episodes, seed, env_kwargs, backend=backend)
+        if agent is agent_a:  # policy a's own evaluation also gives the states the KL is measured on
+            returns, lengths, states = evaluate_keeping_states(agent, env_id, episodes, seed, env_kwargs)
+        else:
+            returns, lengths = evaluate(agent, env_id, episodes, seed, env_kwargs)
         rows[name] = {"return": float(np.mean(returns)), "return_std": float(np.std(returns)),
                       "length": float(np.mean(lengths)),
                       "return_per_step": float(np.sum(returns) / np.sum(lengths))}
-    states = visited_observations(agent_a, env_id, episodes, seed, env_kwargs)
     drift = {"kl": mean_kl(agent_a, agent_b, states),
              "kl_weights": mean_kl(agent_a, combinations["weights b, statistics a"], states),
              "kl_statistics": mean_kl(agent_a, combinations["weights a, statistics b"], states),

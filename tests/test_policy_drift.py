@@ -24,8 +24,8 @@ def run_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("drift") / "run"
     subprocess.run([sys.executable, "-m", "rl.train", "algo=trpo", "env=generic", "env.id=Pendulum-v1",
                     "env.normalize_observations=true", "algo.num_steps=200", "total_timesteps=800",
-                    "checkpoint_every=1", "checkpoint_keep=10", "eval_every=1", "eval_episodes=2", "progress=false",
-                    f"hydra.run.dir={folder}"], cwd=REPO, check=True, capture_output=True, timeout=1200)
+                    "checkpoint_every=1", "checkpoint_keep=10", "eval_every=1", "eval_episodes=2",
+                    "progress=false", f"hydra.run.dir={folder}"], cwd=REPO, check=True, capture_output=True, timeout=1200)
     return folder
 
 
@@ -63,7 +63,7 @@ def test_a_checkpoint_against_itself_has_not_moved(run_dir):
 def test_kl_agrees_with_torch_distributions_on_raw_observations(run_dir):
     agent_a, _ = drift.load_agent(run_dir, STEPS[0])
     agent_b, _ = drift.load_agent(run_dir, STEPS[1])
-    states = drift.visited_observations(agent_a, "Pendulum-v1", 1, 10_001, {})
+    *_, states = drift.evaluate_keeping_states(agent_a, "Pendulum-v1", 1, 10_001, {})
 
     def normal(agent):  # normalize by hand from the saved statistics, then the Gaussian the actor outputs
         stats = agent.obs_normalizer.stats
