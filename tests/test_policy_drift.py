@@ -25,7 +25,8 @@ def run_dir(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "rl.train", "algo=trpo", "env=generic", "env.id=Pendulum-v1",
                     "env.normalize_observations=true", "algo.num_steps=200", "total_timesteps=800",
                     "checkpoint_every=1", "checkpoint_keep=10", "eval_every=1", "eval_episodes=2",
-                    "progress=false", f"hydra.run.dir={folder}"], cwd=REPO, check=True, capture_output=True, timeout=1200)
+                    "progress=false", f"hydra.run.dir={folder}"],
+                   cwd=REPO, check=True, capture_output=True, timeout=1200)
     return folder
 
 
