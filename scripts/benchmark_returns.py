@@ -3,7 +3,7 @@
     python scripts/benchmark_returns.py --envs Hopper-v4 --algos trpo ppo --seeds 1 2 3 4 5
     python scripts/benchmark_returns.py --envs Hopper-v4 --algos trpo --seeds 1 2 3 \\
         --name kl03 algo.max_kl=0.03                      # a named cell: extra overrides for every run
-    python scripts/benchmark_returns.py --matrix benchmarks/hopper_study.json   # many cells, one queue
+    python scripts/benchmark_returns.py --matrix benchmarks/matrices/hopper_study.json   # many cells, one queue
 
 Each run is `python -m rl.train algo=<algo> env=<env> seed=<k> [overrides]` with the shipped configs, in
 its own run folder under `--runs-dir` (not committed). Algos `sb3-ppo` and `sb3-trpo` run

@@ -2,7 +2,7 @@
 
     pip install -e ".[bench,envpool]"   # stable-baselines3, sb3-contrib, EnvPool
     python scripts/benchmark_sps.py --envs Hopper-v4 CartPole-v1 --num-envs 1 8 --steps 50000 --env-only \\
-        --backends gymnasium envpool --compile both --json benchmarks/sps.json
+        --backends gymnasium envpool --compile both --json benchmarks/speed/sps.json
 
 `--backends` and `--compile {eager,compiled,both}` (PPO's algo.compile) multiply our rows
 (rl-ppo[envpool,compiled], ...);

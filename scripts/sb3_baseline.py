@@ -45,6 +45,8 @@ def recipe(algo, env_id):
         kwargs = dict(ZOO_MUJOCO_TRPO)
         if family == "HalfCheetah":
             kwargs["target_kl"] = 0.04
+        if family == "Swimmer":
+            kwargs["gamma"] = 0.9999
         return kwargs, {}
     if family in ZOO_MUJOCO_PPO:
         return dict(ZOO_MUJOCO_PPO[family]), dict(ZOO_PPO_POLICY)
