@@ -4,9 +4,8 @@
 def load(run_dir, path=None, checkpoint="latest"):
     """Load a run's checkpoint (`latest`, `best` or a global step), or the file `path`, as a TrainedPolicy.
 
-    `load(run_dir).act(obs, deterministic=True)` applies the saved observation normalization.
+    `load(run_dir).act(obs, deterministic=True)` applies the saved observation normalization. No env is made.
     """
-    from rl import checkpoint as checkpoints
-    from rl.policy import trained_policy
+    from rl.trained import load as load_trained
 
-    return trained_policy(checkpoints.load(path or checkpoints.resolve(run_dir, checkpoint)))
+    return load_trained(run_dir, path, checkpoint)

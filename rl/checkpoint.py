@@ -12,18 +12,17 @@ flipped byte anywhere is refused. Each checkpoint also carries the digest of its
 import hashlib
 import io
 import os
-import random
 import stat
 import zipfile
 
 import numpy as np
 import torch
 
-from rl import distributed
-from rl.envs import set_snapshots
+from rl.files import write_atomically
 from rl.guards import check_finite_tensors
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5  # 5 added "spaces"; format 4 (without it) still loads
+READABLE_VERSIONS = (4, 5)
 REQUIRED_KEYS = {"format_version": int, "config": str, "agent": dict, "optimizers": dict, "iteration": int,
                  "global_step": int, "wall_seconds": float, "world_size": int, "ranks": list,
                  "best_eval": dict, "recent_returns": torch.Tensor, "run_config_digest": (str, type(None)),
@@ -74,9 +73,9 @@ def save(run_dir, state, step, keep):
     directory = _directory(run_dir, create=True)
     name = f"step_{step:012d}.pt"
     path = os.path.join(directory, name)
-    _write_atomically(path, _serialized(state))
+    write_atomically(path, _serialized(state))
     # Only a complete file is ever named by `latest`.
-    _write_atomically(os.path.join(directory, LATEST), lambda f: f.write(name.encode() + b"\n"))
+    write_atomically(os.path.join(directory, LATEST), lambda f: f.write(name.encode() + b"\n"))
     for old in sorted(n for n in os.listdir(directory) if n.startswith("step_") and n.endswith(".pt"))[:-keep]:
         if old != name:
             os.remove(os.path.join(directory, old))
@@ -87,7 +86,7 @@ def save_best(run_dir, state):
     """Write `state` as checkpoints/best.pt (the best evaluation so far); `latest` never names it."""
     check_finite_tensors("the weights about to be checkpointed", state["agent"].values())
     path = os.path.join(_directory(run_dir, create=True), BEST)
-    _write_atomically(path, _serialized(state))
+    write_atomically(path, _serialized(state))
     return path
 
 
@@ -100,32 +99,7 @@ def _serialized(state):
     return lambda f: f.write(buffer.getbuffer())
 
 
-def _write_atomically(path, write):
-    """Write to <path>.tmp, fsync, rename over `path`. On any failure (a full disk, a signal) the partial
-    .tmp is removed, so the folder holds the old file or the new one and nothing else."""
-    tmp = f"{path}.tmp"
-    try:
-        # O_NOFOLLOW: a planted .tmp symlink must not redirect the write.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    directory = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def _open_regular(path, max_bytes, what):
+def open_regular(path, max_bytes, what):
     """Open `path` for reading only if it is a regular file (no symlink, FIFO or device) of <= max_bytes."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -146,7 +120,7 @@ def latest(run_dir):
     pointer = os.path.join(_directory(run_dir), LATEST)
     if not os.path.lexists(pointer):
         raise CheckpointError(f"{run_dir}: no checkpoint found (missing {pointer})")
-    with _open_regular(pointer, POINTER_MAX_BYTES, "the latest pointer") as f:
+    with open_regular(pointer, POINTER_MAX_BYTES, "the latest pointer") as f:
         name = f.read().decode(errors="replace").strip()
     if os.path.basename(name) != name or not name.endswith(".pt"):
         raise CheckpointError(f"{pointer}: does not name a checkpoint file")
@@ -175,7 +149,7 @@ def resolve(run_dir, which="latest"):
 
 def load(path, max_bytes=DEFAULT_MAX_BYTES):
     """Read and check a checkpoint without executing any code from it, reading at most `max_bytes`."""
-    with _open_regular(path, max_bytes, "checkpoint") as f:
+    with open_regular(path, max_bytes, "checkpoint") as f:
         size = os.fstat(f.fileno()).st_size
         try:
             with zipfile.ZipFile(f) as archive:
@@ -192,9 +166,11 @@ def load(path, max_bytes=DEFAULT_MAX_BYTES):
             raise CheckpointError(f"{path}: not a valid rl checkpoint ({type(error).__name__}: {reason})") from None
     if not isinstance(state, dict) or not isinstance(state.get("format_version"), int):
         raise CheckpointError(f"{path}: not an rl checkpoint (missing or mistyped entries)")
-    if state["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state['format_version']}, expected {FORMAT_VERSION}")
-    if any(not isinstance(state.get(key), kind) for key, kind in REQUIRED_KEYS.items()) or \
+    if state["format_version"] not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: checkpoint format {state['format_version']}, expected one of "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    required = {**REQUIRED_KEYS, "spaces": dict} if state["format_version"] >= 5 else REQUIRED_KEYS
+    if any(not isinstance(state.get(key), kind) for key, kind in required.items()) or \
             len(state["ranks"]) != state["world_size"] or any(
                 not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in RANK_KEYS.items())
                 for entry in state["ranks"]):
@@ -207,7 +183,20 @@ def load(path, max_bytes=DEFAULT_MAX_BYTES):
     if state["global_step"] < 0 or state["iteration"] < 0 or not 0 <= state["wall_seconds"] < float("inf"):
         raise CheckpointError(f"{path}: impossible progress counters (iteration {state['iteration']}, "
                               f"global_step {state['global_step']})")
+    _check_numbers(path, state)
     return state
+
+
+def _check_numbers(path, state):
+    """A sealed checkpoint can still hold numbers no run could have made (whoever can write the folder can
+    seal again): every float must be finite, and running statistics' counts and variances >= 0."""
+    for part in ("agent", "optimizers"):
+        if any(torch.is_floating_point(t) and not bool(torch.isfinite(t).all()) for t in _tensors(state[part])):
+            raise CheckpointError(f"{path}: non-finite values in the checkpoint's {part}; refused")
+    for name, tensor in state["agent"].items():
+        if str(name).endswith(("stats.count", "stats.var")) and torch.is_tensor(tensor) and \
+                bool((tensor < 0).any()):
+            raise CheckpointError(f"{path}: negative {name} in the checkpoint; refused")
 
 
 def config_of(state):
@@ -261,62 +250,3 @@ def payload_digest(state):
 
     feed({key: value for key, value in state.items() if key != "digest"})
     return digest.hexdigest()
-
-
-def rng_state(generator):
-    """Every random stream a run draws from, as tensors and plain values."""
-    numpy_state = np.random.get_state(legacy=False)
-    return {
-        "python": random.getstate(),
-        "numpy": {"bit_generator": numpy_state["bit_generator"],
-                  "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                            "pos": int(numpy_state["state"]["pos"])},
-                  "has_gauss": int(numpy_state["has_gauss"]), "gauss": float(numpy_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "learner": generator.get_state(),
-    }
-
-
-def restore_rng_state(state, generator):
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = dict(state["numpy"])
-    numpy_state["state"] = {"key": state["numpy"]["state"]["key"].numpy().astype(np.uint32),
-                            "pos": state["numpy"]["state"]["pos"]}
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["learner"])
-
-
-def restore(state, agent, acting_agent, optimizers, generator, collector, envs, cfg, batch_size):
-    """Put a loaded checkpoint back into a run's live parts, for this rank; CheckpointError if it does not fit."""
-    if state["world_size"] != distributed.world_size():
-        raise CheckpointError(
-            f"{cfg.resume}: the run was made by {state['world_size']} process(es) and resumes only with as many "
-            f"(this is {distributed.world_size()}); e.g. torchrun --nproc_per_node={state['world_size']} -m rl.train "
-            f"resume=...")
-    if state["global_step"] != state["iteration"] * batch_size:
-        raise CheckpointError(f"{cfg.resume}: checkpoint says step {state['global_step']} after "
-                                         f"{state['iteration']} iterations of {batch_size}; refused")
-    try:
-        _restore_unchecked(state, agent, acting_agent, optimizers, generator, collector, envs, cfg)
-    except Exception as error:  # a checkpoint whose contents do not fit this run
-        reason = " ".join(str(error).split())[:200]
-        raise CheckpointError(f"{cfg.resume}: checkpoint does not fit this run "
-                                         f"({type(error).__name__}: {reason})") from None
-
-
-def _restore_unchecked(state, agent, acting_agent, optimizers, generator, collector, envs, cfg):
-    agent.load_state_dict(state["agent"])
-    if acting_agent is not agent:
-        acting_agent.load_state_dict(state["agent"])
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(state["optimizers"][name])
-    own = state["ranks"][distributed.rank()]
-    restore_rng_state(own["rng"], generator)
-    if own["env_snapshots"] is not None:
-        set_snapshots(envs, own["env_snapshots"])
-        collector.load_state_dict(own["collector"])
-    else:  # envs whose state cannot be captured start new episodes; everything else continues exactly
-        first_env = distributed.rank() * cfg.env.num_envs
-        collector.restart_episodes(seed=cfg.seed + first_env + 1_000_003 * state["iteration"])

@@ -1,19 +1,23 @@
-"""Validation of a composed config: every bad value becomes one line naming the key and the value."""
+"""The config's one schema: every key a run reads, what it must be, which algorithms read it and whether a
+resumed run may change it. Values live in the YAML files alone; validation, the HParams columns and resume's
+list of what may change read this table. Every bad value becomes one line naming the key and the value."""
 
 import difflib
 import math
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import gymnasium as gym
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from rl.algos import ALGORITHMS
 from rl.envs import BACKENDS, check_env_id, make_vector_env
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 FREE_FORM = ("env.kwargs",)  # passed through to gymnasium.make as they are
+ALGORITHM_NAMES = ("ppo", "trpo", "npg")
+NATURAL_GRADIENT = ("trpo", "npg")
 
 
 def shipped_keys(algo_name):
@@ -29,7 +33,7 @@ def shipped_keys(algo_name):
 
 def _check_known_keys(cfg):
     """Refuse keys no code reads (`+algo.lr=...` would otherwise be accepted and ignored)."""
-    known = shipped_keys(cfg.algo.name)
+    known = keys_of(cfg.algo.name)
 
     def walk(node, prefix):
         for key in node.keys():
@@ -139,98 +143,168 @@ def _available_memory():
     return None
 
 
+class Key(NamedTuple):
+    check: Callable  # value -> bool
+    reason: str  # what the refusal says
+    algos: tuple = ALGORITHM_NAMES  # the algorithms whose runs read it
+    resumable: bool = False  # a resumed run may change it (device and torch_threads then void the bits)
+
+
+def _seed(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32 - 20_000
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+def _one_of(*choices):
+    return lambda v: v in choices
+
+
+BOOLEAN = (_boolean, "must be true or false")
+POSITIVE_INT = (_positive_int, "must be a positive integer")
+NON_NEGATIVE_INT = (_non_negative_int, "must be an integer >= 0")
+POSITIVE = (_positive, "must be > 0")
+WIDTHS = (lambda v: all(_positive_int(w) for w in v), "must be a list of positive integers")
+PPO, TRPO, NPG = ("ppo",), ("trpo",), ("npg",)
+
+# (key, Key): a key may appear twice, for disjoint sets of algorithms. Checked in this order.
+SCHEMA = (
+    ("algo.name", Key(_one_of(*ALGORITHM_NAMES), f"unknown algorithm; choose one of {', '.join(ALGORITHM_NAMES)}")),
+    ("env.id", Key(lambda v: isinstance(v, str), "must be a gymnasium environment id")),
+    ("env.backend", Key(_one_of(*BACKENDS), f"must be one of {', '.join(BACKENDS)}")),
+    ("env.num_threads", Key(*NON_NEGATIVE_INT)),
+    ("seed", Key(_seed, "must be an integer in [0, 2^32 - 20000)")),
+    ("total_timesteps", Key(*POSITIVE_INT, resumable=True)),
+    ("env.num_envs", Key(*POSITIVE_INT)),
+    ("env.vectorization", Key(_one_of("sync", "async"), "must be sync or async")),
+    ("env.start_method", Key(_one_of(None, "fork", "spawn", "forkserver"), "must be fork, spawn, forkserver or null")),
+    ("env.normalize_observations", Key(*BOOLEAN)),
+    ("env.normalize_rewards", Key(*BOOLEAN)),
+    ("deterministic", Key(*BOOLEAN)),
+    ("distributed_check", Key(*BOOLEAN, resumable=True)),
+    ("env.clip_observations", Key(*POSITIVE)),
+    ("env.clip_rewards", Key(*POSITIVE)),
+    ("env.kwargs", Key(lambda v: isinstance(v, DictConfig), "must be a mapping of gymnasium.make arguments")),
+    ("eval_episodes", Key(*NON_NEGATIVE_INT, resumable=True)),
+    ("eval_every", Key(*NON_NEGATIVE_INT, resumable=True)),
+    ("log_every", Key(*POSITIVE_INT, resumable=True)),
+    ("checkpoint_every", Key(*NON_NEGATIVE_INT, resumable=True)),
+    ("checkpoint_keep", Key(*POSITIVE_INT, resumable=True)),
+    ("torch_threads", Key(_optional(_positive_int), "must be a positive integer or null", resumable=True)),
+    ("stop_after_steps", Key(_optional(_positive_int), "must be a positive integer or null", resumable=True)),
+    ("progress", Key(_one_of("auto", True, False), "must be auto, true or false", resumable=True)),
+    ("nan_policy", Key(_one_of("stop", "skip_update"), "must be stop or skip_update", resumable=True)),
+    ("device", Key(lambda v: isinstance(v, str), "must be cpu, cuda or auto", resumable=True)),
+    ("resume", Key(_optional(lambda v: isinstance(v, str)), "must be a run directory or null", resumable=True)),
+    ("algo.num_steps", Key(*POSITIVE_INT)),
+    ("algo.learning_rate", Key(*POSITIVE)),
+    ("algo.gamma", Key(lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")),
+    ("algo.gae_lambda", Key(_in_unit_interval, "must be in [0, 1]")),
+    ("algo.init_log_std", Key(_number, "must be a number")),
+    ("algo.normalize_advantages", Key(*BOOLEAN)),
+    ("algo.anneal_learning_rate", Key(*BOOLEAN)),
+    ("algo.orthogonal_init", Key(*BOOLEAN)),
+    ("algo.compile", Key(*BOOLEAN, algos=PPO)),
+    ("algo.activation", Key(_one_of("tanh", "relu", "elu"), "must be tanh, relu or elu")),
+    ("algo.actor_hidden_sizes", Key(*WIDTHS)),
+    ("algo.critic_hidden_sizes", Key(*WIDTHS)),
+    ("algo.clip_coef", Key(*POSITIVE, algos=PPO)),
+    ("algo.update_epochs", Key(*POSITIVE_INT, algos=PPO)),
+    ("algo.num_minibatches", Key(*POSITIVE_INT, algos=PPO)),  # and small enough: see _check_batch
+    ("algo.clip_value_loss", Key(*BOOLEAN, algos=PPO)),
+    ("algo.anneal_clip_coef", Key(*BOOLEAN, algos=PPO)),
+    ("algo.max_grad_norm", Key(*POSITIVE, algos=PPO)),
+    ("algo.entropy_coef", Key(_number, "must be a number", algos=PPO)),
+    ("algo.value_coef", Key(*POSITIVE, algos=PPO)),
+    ("algo.target_kl", Key(_optional(_positive), "must be > 0 or null", algos=PPO)),
+    ("algo.max_kl", Key(*POSITIVE, algos=TRPO)),
+    ("algo.step_size", Key(*POSITIVE, algos=NPG)),
+    ("algo.cg_iters", Key(*POSITIVE_INT, algos=NATURAL_GRADIENT)),
+    ("algo.cg_damping", Key(_positive, "must be > 0 (the Fisher matrix of a batch is often singular)",
+                            algos=NATURAL_GRADIENT)),
+    ("algo.cg_tol", Key(lambda v: _number(v) and v >= 0, "must be >= 0", algos=NATURAL_GRADIENT)),
+    ("algo.fvp", Key(_one_of("analytic", "hessian"), "must be analytic or hessian", algos=NATURAL_GRADIENT)),
+    ("algo.fvp_subsample", Key(lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]", algos=NATURAL_GRADIENT)),
+    ("algo.vf_iters", Key(*POSITIVE_INT, algos=NATURAL_GRADIENT)),
+    ("algo.vf_minibatches", Key(*POSITIVE_INT, algos=NATURAL_GRADIENT)),  # and small enough: see _check_batch
+    ("algo.max_grad_norm", Key(_optional(_positive), "must be > 0 or null", algos=NATURAL_GRADIENT)),
+    ("algo.line_search_max_steps", Key(*POSITIVE_INT, algos=TRPO)),
+    ("algo.line_search_shrink", Key(lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)", algos=TRPO)),
+    ("algo.line_search_accept_ratio", Key(lambda v: _number(v) and v >= 0, "must be >= 0", algos=TRPO)),
+    ("algo.step_curvature", Key(_one_of("undamped", "damped"), "must be undamped or damped", algos=TRPO)),
+)
+RESUMABLE = tuple(key for key, spec in SCHEMA if spec.resumable)  # what a resumed run may change
+
+
+def keys_of(algo_name):
+    """The dotted keys a run of `algo_name` reads, in schema order."""
+    return [key for key, spec in SCHEMA if algo_name in spec.algos]
+
+
 def validate(cfg):
     """Raise ConfigError for the first bad value; return the resolved device string."""
-    _require(cfg, "algo.name", lambda v: v in ALGORITHMS, f"unknown algorithm; choose one of {', '.join(ALGORITHMS)}")
+    name_key, name_spec = SCHEMA[0]
+    _require(cfg, name_key, name_spec.check, name_spec.reason)
     _check_known_keys(cfg)
     _check_finite_numbers(cfg)
-    _require(cfg, "env.id", lambda v: isinstance(v, str), "must be a gymnasium environment id")
-    _require(cfg, "env.backend", lambda v: v in BACKENDS, f"must be one of {', '.join(BACKENDS)}")
-    _require(cfg, "env.num_threads", _non_negative_int, "must be an integer >= 0")
+    algo = cfg.algo.name
+    checked = [(key, spec) for key, spec in SCHEMA[1:] if algo in spec.algos]
+    for key, spec in checked[:3]:  # the env's id and backend, then whether the backend has that env
+        _require(cfg, key, spec.check, spec.reason)
     try:
         check_env_id(cfg.env.id, cfg.env.backend)
     except ValueError as error:
         key = "env.backend" if "pip install" in str(error) else "env.id"
         raise ConfigError(key, _get(cfg, key), f"unknown {cfg.env.backend} environment ({error})"
                           if key == "env.id" else str(error)) from None
-    _require(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 - 20_000,
-             "must be an integer in [0, 2^32 - 20000)")
-    _require(cfg, "total_timesteps", _positive_int, "must be a positive integer")
-    _require(cfg, "env.num_envs", _positive_int, "must be a positive integer")
-    _require(cfg, "env.vectorization", lambda v: v in ("sync", "async"), "must be sync or async")
-    _require(cfg, "env.start_method", lambda v: v in (None, "fork", "spawn", "forkserver"),
-             "must be fork, spawn, forkserver or null")
-    for key in ("env.normalize_observations", "env.normalize_rewards", "deterministic", "distributed_check"):
-        _require(cfg, key, _boolean, "must be true or false")
-    for key in ("env.clip_observations", "env.clip_rewards"):
-        _require(cfg, key, _positive, "must be > 0")
-    _require(cfg, "env.kwargs", lambda v: isinstance(v, DictConfig), "must be a mapping of gymnasium.make arguments")
-    spaces = _check_spaces(cfg)
-    _require(cfg, "eval_episodes", _non_negative_int, "must be an integer >= 0")
-    _require(cfg, "eval_every", _non_negative_int, "must be an integer >= 0")
-    _require(cfg, "log_every", _positive_int, "must be a positive integer")
-    _require(cfg, "checkpoint_every", _non_negative_int, "must be an integer >= 0")
-    _require(cfg, "checkpoint_keep", _positive_int, "must be a positive integer")
-    _require(cfg, "torch_threads", lambda v: v is None or _positive_int(v), "must be a positive integer or null")
-    _require(cfg, "stop_after_steps", lambda v: v is None or _positive_int(v), "must be a positive integer or null")
-    _require(cfg, "progress", lambda v: v in ("auto", True, False), "must be auto, true or false")
-    _require(cfg, "nan_policy", lambda v: v in ("stop", "skip_update"), "must be stop or skip_update")
-
-    algo = cfg.algo
-    _require(cfg, "algo.num_steps", _positive_int, "must be a positive integer")
-    _require(cfg, "algo.learning_rate", _positive, "must be > 0")
-    _require(cfg, "algo.gamma", lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
-    _require(cfg, "algo.gae_lambda", _in_unit_interval, "must be in [0, 1]")
-    _require(cfg, "algo.init_log_std", _number, "must be a number")
-    _require(cfg, "algo.normalize_advantages", _boolean, "must be true or false")
-    _require(cfg, "algo.anneal_learning_rate", _boolean, "must be true or false")
-    _require(cfg, "algo.orthogonal_init", _boolean, "must be true or false")
-    if cfg.algo.name == "ppo":
-        _require(cfg, "algo.compile", _boolean, "must be true or false")
-    _require(cfg, "algo.activation", lambda v: v in ("tanh", "relu", "elu"), "must be tanh, relu or elu")
-    for key in ("algo.actor_hidden_sizes", "algo.critic_hidden_sizes"):
-        _require(cfg, key, lambda v: all(_positive_int(w) for w in v), "must be a list of positive integers")
-    _check_memory(cfg, *spaces)
-    batch_size = cfg.env.num_envs * algo.num_steps
-    if cfg.total_timesteps < batch_size:
-        raise ConfigError("total_timesteps", cfg.total_timesteps,
-                          f"must be at least one rollout (env.num_envs * algo.num_steps = {batch_size})")
-    if algo.name == "ppo":
-        _require(cfg, "algo.clip_coef", _positive, "must be > 0")
-        _require(cfg, "algo.update_epochs", _positive_int, "must be a positive integer")
-        _require(cfg, "algo.num_minibatches",
-                 lambda v: _positive_int(v) and algo.num_steps // v >= 1 and algo.num_steps // v * cfg.env.num_envs >= 2,
-                 f"must be a positive integer no larger than algo.num_steps ({algo.num_steps}) that leaves at "
-                 f"least 2 samples per minibatch (each minibatch takes num_steps // num_minibatches steps of "
-                 f"each of the {cfg.env.num_envs} envs)")
-        _require(cfg, "algo.clip_value_loss", _boolean, "must be true or false")
-        _require(cfg, "algo.anneal_clip_coef", _boolean, "must be true or false")
-        _require(cfg, "algo.max_grad_norm", _positive, "must be > 0")
-        _require(cfg, "algo.entropy_coef", _number, "must be a number")
-        _require(cfg, "algo.value_coef", _positive, "must be > 0")
-        _require(cfg, "algo.target_kl", lambda v: v is None or _positive(v), "must be > 0 or null")
-    else:
-        _validate_natural_gradient(cfg, batch_size)
+    for key, spec in checked[3:]:
+        _require(cfg, key, spec.check, spec.reason)
+    _check_memory(cfg, *_check_spaces(cfg))
+    _check_batch(cfg)
     return resolve_device(cfg.device)
 
 
-def _validate_natural_gradient(cfg, batch_size):
-    _require(cfg, "algo.max_kl" if cfg.algo.name == "trpo" else "algo.step_size", _positive, "must be > 0")
-    _require(cfg, "algo.cg_iters", _positive_int, "must be a positive integer")
-    _require(cfg, "algo.cg_damping", _positive, "must be > 0 (the Fisher matrix of a batch is often singular)")
-    _require(cfg, "algo.cg_tol", lambda v: _number(v) and v >= 0, "must be >= 0")
-    _require(cfg, "algo.fvp", lambda v: v in ("analytic", "hessian"), "must be analytic or hessian")
-    _require(cfg, "algo.fvp_subsample", lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
-    _require(cfg, "algo.vf_iters", _positive_int, "must be a positive integer")
-    _require(cfg, "algo.vf_minibatches", lambda v: _positive_int(v) and v <= cfg.algo.num_steps,
-             f"must be a positive integer no larger than algo.num_steps ({cfg.algo.num_steps}): each minibatch "
-             "takes num_steps // vf_minibatches steps of every env")
-    _require(cfg, "algo.max_grad_norm", lambda v: v is None or _positive(v), "must be > 0 or null")
-    if cfg.algo.name == "trpo":
-        _require(cfg, "algo.line_search_max_steps", _positive_int, "must be a positive integer")
-        _require(cfg, "algo.line_search_shrink", lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
-        _require(cfg, "algo.line_search_accept_ratio", lambda v: _number(v) and v >= 0, "must be >= 0")
-        _require(cfg, "algo.step_curvature", lambda v: v in ("undamped", "damped"), "must be undamped or damped")
+def _check_batch(cfg):
+    """What the batch must hold: a whole rollout in the budget, and minibatches of at least one step per env."""
+    algo, num_envs = cfg.algo, cfg.env.num_envs
+    batch_size = num_envs * algo.num_steps
+    if cfg.total_timesteps < batch_size:
+        raise ConfigError("total_timesteps", cfg.total_timesteps,
+                          f"must be at least one rollout (env.num_envs * algo.num_steps = {batch_size})")
+    if algo.name == "ppo" and not (algo.num_steps // algo.num_minibatches >= 1 and
+                                   algo.num_steps // algo.num_minibatches * num_envs >= 2):
+        raise ConfigError("algo.num_minibatches", algo.num_minibatches,
+                          f"must be a positive integer no larger than algo.num_steps ({algo.num_steps}) that leaves "
+                          f"at least 2 samples per minibatch (each minibatch takes num_steps // num_minibatches "
+                          f"steps of each of the {num_envs} envs)")
+    if algo.name in NATURAL_GRADIENT and algo.vf_minibatches > algo.num_steps:
+        raise ConfigError("algo.vf_minibatches", algo.vf_minibatches,
+                          f"must be a positive integer no larger than algo.num_steps ({algo.num_steps}): each "
+                          "minibatch takes num_steps // vf_minibatches steps of every env")
+
+
+def hparam_columns():
+    """Every HParams column any run can have, {name: a typed example}: the algo and env keys of every algorithm,
+    and the run keys the table shows. Examples are the shipped values (a None one stands for a number)."""
+    columns = {}
+    for name in ALGORITHM_NAMES:
+        for key, value in shipped_keys(name).items():
+            if key.startswith(("algo.", "env.")) and columns.get(key) is None:  # a typed example beats None
+                columns[key] = value
+    columns.update({"seed": 0, "total_timesteps": 0, "device": "cpu"})
+    return columns
+
+
+def hparam_values(cfg, device):
+    """This run's hyperparameters for TensorBoard's HParams table, flat (env.kwargs as one text)."""
+    flat = {}
+    for section in ("algo", "env"):
+        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
+            flat[f"{section}.{key}"] = value
+    flat.update({"seed": cfg.seed, "total_timesteps": cfg.total_timesteps, "device": device})
+    return flat
 
 
 def _check_spaces(cfg):

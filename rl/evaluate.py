@@ -160,8 +160,8 @@ def run(run_dir, options):
     from omegaconf import OmegaConf
 
     from rl import checkpoint
-    from rl.logger import write_json
-    from rl.policy import checkpoint_size_limit, trained_policy
+    from rl.files import write_json
+    from rl.trained import checkpoint_size_limit, trained_policy
 
     if not os.path.isdir(run_dir):
         raise EvaluateError(f"{run_dir}: no such run directory")

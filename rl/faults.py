@@ -3,7 +3,7 @@ one line that says what happened and what was kept, and an exit code."""
 
 import signal
 
-from rl import distributed
+from rl import checkpoint, distributed
 from rl.envs import dead_workers
 
 
@@ -41,6 +41,14 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def check_ranks_agree(agent, iteration):
+    """distributed_check: every rank's weights must be bit-identical after every update."""
+    digests = distributed.gather_objects(checkpoint.payload_digest({"agent": agent.state_dict()}))
+    if len(set(digests)) > 1:
+        raise RanksDiverged(f"distributed_check: the ranks' weights differ after iteration {iteration} "
+                            f"(digests {', '.join(d[:8] for d in digests)})")
+
+
 def first_line(error):
     return " ".join(str(error).split("\n")[0].split())[:200] or type(error).__name__
 
@@ -67,5 +75,7 @@ def describe_fault(error, envs, run_dir, progress):
         return f"env worker of sub-env {dead} died ({type(error).__name__}); {kept_line}", 1
     if isinstance(error, OSError):
         where = error.filename or run_dir
-        return f"{run_dir}: cannot write ({error.strerror or error} at {where}); {kept_line} once there is room", 1
+        # The resume it offers works once there is room; with no checkpoint there is nothing to resume.
+        room = " once there is room" if progress["saved_step"] is not None else ""
+        return f"{run_dir}: cannot write ({error.strerror or error} at {where}); {kept_line}{room}", 1
     return f"{error}; {kept_line}", 1

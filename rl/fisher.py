@@ -15,7 +15,7 @@ import torch
 from torch.func import functional_call, jvp, vjp
 from torch.nn.utils import parameters_to_vector
 
-from rl.policy import activation_derivative, plain_mlp
+from rl.networks import activation_derivative, plain_mlp
 
 
 def analytic_fisher_vector_product(actor, obs):

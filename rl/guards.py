@@ -31,3 +31,29 @@ def check_finite_tensors(what, tensors):
     floating = [t.detach() for t in tensors if torch.is_floating_point(t)]
     if floating and not bool(torch.stack([torch.isfinite(t).all() for t in floating]).all()):
         raise NonFiniteError(f"non-finite values in {what}")
+
+
+# Metrics an update back-propagates: NaN there is damage. Every other metric is a diagnostic, which may be
+# undefined (explained variance of constant returns) without harming the run.
+BACK_PROPAGATED = ("losses/policy_loss", "losses/value_loss", "losses/entropy")
+
+
+def first_non_finite(agent, optimizers, metrics):
+    """What an update left non-finite that can corrupt the run, named for a message, or None: a back-propagated
+    loss, the weights, the normalizer statistics or an optimizer's state."""
+    for name in BACK_PROPAGATED:
+        if name in metrics and not np.isfinite(metrics[name]):
+            return name
+    if not _all_finite(agent.parameters()):
+        return "the weights"
+    if not _all_finite(agent.buffers()):
+        return "the normalizer statistics"
+    for name, optimizer in optimizers.items():
+        if not _all_finite(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)):
+            return f"the {name} optimizer's state"
+    return None
+
+
+def _all_finite(tensors):
+    floating = [t.detach().reshape(-1) for t in tensors if torch.is_floating_point(t)]
+    return not floating or bool(torch.isfinite(torch.cat(floating)).all())

@@ -1,21 +1,16 @@
-"""TensorBoard scalars and hparams, the console start banner and progress line, and summary.json.
+"""TensorBoard scalars and hparams, the console start banner, progress line and done line.
 
 Event files go straight into the run folder, so `tensorboard --logdir runs` names each run by its folder.
 """
 
-import json
 import os
 import sys
 import time
 from collections import deque
 
 import torch
-from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
-
-from rl.algos import ALGORITHMS
-from rl.config import shipped_keys
 
 HPARAM_METRICS = ("eval/return", "charts/episodic_return")
 
@@ -29,12 +24,12 @@ def hparam_value(value):
     return str(value)
 
 
-def hparam_summaries(values, schema):
+def hparam_summaries(values, columns):
     """The HParams summaries of one run: its values, under an experiment that declares every column in
-    `schema` ({name: example value}), so runs of different algorithms share one table with all columns.
+    `columns` ({name: example value}), so runs of different algorithms share one table with all columns.
     Unset values (None) are left out: the table shows an empty cell."""
-    columns = {k: hparam_value(v) if v is not None else 0.0 for k, v in schema.items()}  # None: a number unset
-    experiment, _, _ = hparams(columns, dict.fromkeys(HPARAM_METRICS, 0.0))
+    declared = {k: hparam_value(v) if v is not None else 0.0 for k, v in columns.items()}  # None: a number unset
+    experiment, _, _ = hparams(declared, dict.fromkeys(HPARAM_METRICS, 0.0))
     _, session_start, session_end = hparams({k: hparam_value(v) for k, v in values.items() if v is not None}, {})
     return experiment, session_start, session_end
 
@@ -43,7 +38,7 @@ class Logger:
     """Writes a run's TensorBoard events and console lines; `enabled=False` (ranks other than 0 of a
     distributed run) writes nothing."""
 
-    def __init__(self, run_dir, config_text, hparam_values, hparam_schema, total_steps, progress="auto",
+    def __init__(self, run_dir, config_text, hparam_values, hparam_columns, total_steps, progress="auto",
                  start_step=0, resumed=False, enabled=True):
         self.enabled = enabled
         self.interactive = False
@@ -55,7 +50,7 @@ class Logger:
         if not resumed:
             self.writer.add_text("config", "```yaml\n" + config_text + "\n```", 0)
             # Written into this run's own event file (add_hparams would open a second sub-run).
-            for summary in hparam_summaries(hparam_values, hparam_schema):
+            for summary in hparam_summaries(hparam_values, hparam_columns):
                 self.writer.file_writer.add_summary(summary)
         self.recent_returns = deque(maxlen=20)
         self.total_steps = total_steps
@@ -138,38 +133,6 @@ def start_banner(run_dir, algo, env_id, device, num_envs, num_steps, num_iterati
     if version is not None and newest is not None and newest > version:
         lines.append(f"note         {env_id} has a newer version, v{newest}")
     return "\n".join(lines)
-
-
-def write_json(path, data):
-    """Write JSON atomically: a reader sees the old file or the whole new one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def hparams_of(cfg, device):
-    """This run's hyperparameters for TensorBoard's HParams table, flat (env.kwargs as one text)."""
-    flat = {}
-    for section in ("algo", "env"):
-        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
-            flat[f"{section}.{key}"] = value
-    flat.update({"seed": cfg.seed, "total_timesteps": cfg.total_timesteps, "device": device})
-    return flat
-
-
-def hparam_schema():
-    """Every HParams column any run can have: the algo keys of every algorithm, the env keys, the run keys."""
-    schema = {}
-    for name in sorted(ALGORITHMS):
-        for key, value in shipped_keys(name).items():
-            if key.startswith(("algo.", "env.")) and schema.get(key) is None:  # a typed example beats None
-                schema[key] = value
-    schema.update({"seed": 0, "total_timesteps": 0, "device": "cpu"})
-    return schema
 
 
 def describe_device(device, requested):

@@ -3,53 +3,12 @@
 import math
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 
 from rl import distributions as D
+from rl.networks import mlp
 from rl.normalize import ObservationNormalizer, RewardScaler
-
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
-
-
-def plain_mlp(net):
-    """(linears, activations) when `net` is an MLP as `mlp` builds it, else None.
-
-    Fast paths (the rollout's acting forward, the analytic Fisher-vector product) use this structure;
-    anything else takes the generic path.
-    """
-    layers = list(net) if isinstance(net, nn.Sequential) else []
-    linears, activations = layers[::2], layers[1::2]
-    if len(layers) % 2 == 0 or any(type(m) is not nn.Linear for m in linears) or any(
-            type(m) not in ACTIVATIONS.values() for m in activations):
-        return None
-    return linears, activations
-
-
-def activation_derivative(activation, z, h):
-    """d activation(z) / dz from the pre-activation z and the output h, for the activations of `mlp`."""
-    if isinstance(activation, nn.Tanh):
-        return 1.0 - h * h
-    if isinstance(activation, nn.ReLU):
-        return (z > 0).to(z.dtype)
-    return torch.where(z > 0, torch.ones_like(z), h + activation.alpha)  # ELU
-
-
-def mlp(in_dim, hidden_sizes, out_dim, activation="tanh", out_gain=1.0):
-    """MLP with orthogonal init (gain sqrt(2) on hidden layers, `out_gain` on the last), zero biases."""
-    layers, dim = [], in_dim
-    for width in hidden_sizes:
-        layers += [_orthogonal(nn.Linear(dim, width), math.sqrt(2)), ACTIVATIONS[activation]()]
-        dim = width
-    layers.append(_orthogonal(nn.Linear(dim, out_dim), out_gain))
-    return nn.Sequential(*layers)
-
-
-def _orthogonal(layer, gain):
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
-    return layer
 
 
 class GaussianActor(nn.Module):
@@ -167,69 +126,3 @@ def build_agent(cfg, observation_space, action_space):
                  init_log_std=algo.init_log_std, normalize_observations=env.normalize_observations,
                  normalize_rewards=env.normalize_rewards, clip_observations=env.clip_observations,
                  clip_rewards=env.clip_rewards, gamma=algo.gamma, orthogonal_init=algo.orthogonal_init)
-
-
-def checkpoint_size_limit(run_dir):
-    """The most bytes a checkpoint of this run may take, sized from the model its .hydra/config.yaml
-    describes; the checkpoint module's general limit when the folder has no readable config."""
-    import os
-
-    from omegaconf import OmegaConf
-
-    from rl.checkpoint import DEFAULT_MAX_BYTES, size_bound
-    from rl.envs import check_env_id
-
-    path = os.path.join(run_dir, ".hydra", "config.yaml")
-    try:
-        config = OmegaConf.load(path)
-        check_env_id(config.env.id, config.env.get("backend", "gymnasium"))
-        agent = build_agent(config, *env_spaces(config))
-    except Exception:  # no config, or one we cannot build a model from: the general limit applies
-        return DEFAULT_MAX_BYTES
-    return min(DEFAULT_MAX_BYTES, size_bound(sum(t.numel() for t in agent.state_dict().values())))
-
-
-def trained_policy(state):
-    """The TrainedPolicy in a loaded checkpoint; its config says how to build the agent."""
-    from rl.checkpoint import config_of
-
-    config = config_of(state)
-    observation_space, action_space = env_spaces(config)
-    agent = build_agent(config, observation_space, action_space)
-    agent.load_state_dict(state["agent"])
-    return TrainedPolicy(agent, observation_space, action_space, config, state["global_step"])
-
-
-def env_spaces(config):
-    """(observation space, action space) of one env of a run config, made with its backend and kwargs."""
-    from omegaconf import OmegaConf
-
-    from rl.envs import make_vector_env
-
-    envs = make_vector_env(config.env.id, 1, backend=config.env.get("backend", "gymnasium"),
-                           **OmegaConf.to_container(config.env.kwargs))
-    try:
-        return envs.single_observation_space, envs.single_action_space
-    finally:
-        envs.close()
-
-
-class TrainedPolicy:
-    """A trained policy for use outside training: NumPy observations in, env-ready actions out."""
-
-    def __init__(self, agent, observation_space, action_space, config, global_step=None):
-        self.agent = agent.eval()
-        self.observation_shape = tuple(observation_space.shape)
-        self.action_space = action_space
-        self.config = config  # the run's config
-        self.global_step = global_step  # the training step the weights come from
-
-    def act(self, obs, deterministic=True):
-        """Action(s) for one observation (obs_dim,) or a batch (B, obs_dim); Box actions clipped to bounds."""
-        obs = np.asarray(obs, dtype=np.float32)
-        single = obs.shape == self.observation_shape
-        batch = torch.from_numpy(obs.reshape(1 if single else obs.shape[0], -1))
-        action = self.agent.act(batch, deterministic).numpy()
-        if isinstance(self.action_space, gym.spaces.Box):
-            action = np.clip(action, self.action_space.low, self.action_space.high)
-        return action[0] if single else action

@@ -10,7 +10,7 @@ from torch import nn
 from rl import distributed
 from rl.envs import final_observations
 from rl.guards import check_env_output
-from rl.policy import plain_mlp
+from rl.networks import plain_mlp
 
 
 @dataclass

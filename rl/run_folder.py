@@ -8,10 +8,46 @@ import shutil
 LOCK = ".lock"
 HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 _held = []  # open lock files: a lock lives as long as the process (and its forked env workers)
+# Folders this process took: {absolute path: (its entries before, None if created here; the parent folders
+# created for it)}, so a refused run can undo exactly what it added.
+_taken = {}
 
 
 class RunFolderError(Exception):
     """A run folder that cannot be used; the message is one line."""
+
+
+def take(run_dir, key="hydra.run.dir", created=False):
+    """Create `run_dir` where needed and lock it for this process, remembering what it held (`created`: Hydra
+    has just made it). A folder this process already took is left as it is."""
+    path = os.path.abspath(run_dir)
+    if path in _taken:
+        return
+    if created:
+        _taken[path] = (None, [])
+    else:
+        missing, parent = [], os.path.dirname(path)
+        while parent and not os.path.lexists(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        _taken[path] = (os.listdir(path) if os.path.isdir(path) else None, missing)  # missing: deepest first
+        prepare(path, key)
+    lock(path, key)
+
+
+def release_refused(run_dir):
+    """Undo what this process added to a folder it took, for a run that never started: Hydra's files, the
+    lock, the folder and the parents it created, when they hold nothing else."""
+    path = os.path.abspath(run_dir)
+    if path not in _taken:
+        return
+    before, parents = _taken.pop(path)
+    undo(path, before)
+    for parent in parents:
+        try:
+            os.rmdir(parent)  # only when empty
+        except OSError:
+            break
 
 
 def prepare(run_dir, key="hydra.run.dir"):

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 import hydra
@@ -26,34 +27,54 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch.nn.utils import parameters_to_vector
 
-from rl import checkpoint, distributed, run_folder
+from rl import checkpoint, distributed, resume, run_folder
 from rl.algos import ALGORITHMS
-from rl.config import CONFIG_DIR, ConfigError, resolve, validate
-from rl.envs import (
-    EnvError,
-    close_vector_env,
-    get_snapshots,
-    make_vector_env,
-    quiet_version_warnings,
-)
+from rl.config import CONFIG_DIR, ConfigError, hparam_columns, hparam_values, resolve, validate
+from rl.envs import EnvError, close_vector_env, make_vector_env, quiet_version_warnings
 from rl.evaluate import EVAL_SEED_OFFSET, evaluate
-from rl.faults import RanksDiverged, RunFailed, StopRequest, describe_fault, first_line, kept, resume_command
-from rl.guards import NonFiniteError
-from rl.logger import Logger, describe_device, done_line, hparam_schema, hparams_of, start_banner, write_json
-from rl.policy import build_agent, checkpoint_size_limit
+from rl.faults import (
+    RanksDiverged,
+    RunFailed,
+    StopRequest,
+    check_ranks_agree,
+    describe_fault,
+    first_line,
+    kept,
+    resume_command,
+)
+from rl.files import write_json
+from rl.guards import NonFiniteError, first_non_finite
+from rl.logger import Logger, describe_device, done_line, start_banner
+from rl.policy import build_agent
 from rl.rollout import Collector, flatten, gae
-
-# What a resumed run may change; everything else comes from the checkpoint so the run stays the same run.
-# `device` and `torch_threads` may change too (to resume elsewhere), but then the bits are not promised.
-RESUME_OVERRIDABLE = ("total_timesteps", "stop_after_steps", "progress", "checkpoint_every", "checkpoint_keep",
-                      "eval_episodes", "eval_every", "log_every", "device", "torch_threads", "distributed_check",
-                      "nan_policy", "resume")
+from rl.trained import write_spaces
 
 
-# Rank r seeds its own random streams (action sampling) seed + RANK_SEED_STRIDE * r.
-RANK_SEED_STRIDE = 1_000_003
+@dataclass
+class Parts:
+    """What a run is made of on this rank; a checkpoint restores all of it (rl.resume.restore)."""
+
+    envs: object
+    agent: torch.nn.Module
+    acting_agent: torch.nn.Module  # the CPU copy that acts in the envs (the agent itself on a CPU learner)
+    optimizers: dict
+    generator: torch.Generator  # minibatch shuffling: the same on every rank
+    collector: Collector
+    algorithm: object  # the module of rl.algos
+
+
+@dataclass
+class Progress:
+    """What the loop carries from iteration to iteration, and into every checkpoint."""
+
+    iteration: int = 0
+    global_step: int = 0
+    elapsed_before: float = 0.0  # wall seconds of the processes before a resume
+    best: dict = field(default_factory=lambda: {"return": None, "step": None})
+    recent_returns: deque = field(default_factory=lambda: deque(maxlen=100))
+    config_digest: str = None
+    evaluation: tuple = None  # (returns, lengths) of the latest evaluation point
 
 
 def seed_everything(seed):
@@ -73,212 +94,194 @@ def train(cfg, run_dir, device, resume_state=None):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)  # the same on every rank: the networks start identical
-    env_cfg = cfg.env
-    env_kwargs = OmegaConf.to_container(env_cfg.kwargs)
-    envs = make_vector_env(env_cfg.id, env_cfg.num_envs, env_cfg.vectorization, env_cfg.start_method,
-                           backend=env_cfg.backend, num_threads=env_cfg.num_threads, **env_kwargs)
-    progress = {"saved_step": resume_state["global_step"] if resume_state is not None else None, "step": 0}
+    envs = make_vector_env(cfg.env.id, cfg.env.num_envs, cfg.env.vectorization, cfg.env.start_method,
+                           backend=cfg.env.backend, num_threads=cfg.env.num_threads,
+                           **OmegaConf.to_container(cfg.env.kwargs))
+    saved = {"saved_step": resume_state["global_step"] if resume_state is not None else None, "step": 0}
     failed = True
     # The signal handlers stay through the clean-up: when a rank dies, torchrun SIGTERMs the others, and one
     # that met the failure first must still get to say what happened rather than die mid-clean-up.
     with StopRequest() as stop:
         try:
-            summary = _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress, stop)
+            summary = _train(cfg, run_dir, device, resume_state, envs, start_time, saved, stop)
             failed = False
             return summary
         except (EnvError, NonFiniteError, RanksDiverged, OSError, EOFError, KeyboardInterrupt) as error:
-            raise RunFailed(*describe_fault(error, envs, run_dir, progress)) from None
+            raise RunFailed(*describe_fault(error, envs, run_dir, saved)) from None
         except RuntimeError as error:
             if distributed.world_size() == 1:
                 raise
             # A collective failed: another rank died or was killed (its own message names why).
-            raise RunFailed(f"lost contact with the other ranks ({first_line(error)}); {kept(run_dir, progress)}") \
+            raise RunFailed(f"lost contact with the other ranks ({first_line(error)}); {kept(run_dir, saved)}") \
                 from None
         finally:
             close_vector_env(envs, failed)
 
 
-def _train(cfg, run_dir, device, resume_state, envs, env_kwargs, start_time, progress, stop):
-    algo_cfg, env_cfg = cfg.algo, cfg.env
-    algorithm = ALGORITHMS[algo_cfg.name]
-    world, main = distributed.world_size(), distributed.is_main()
+def build(cfg, device, envs):
+    """The run's parts, made in the order that fixes every random draw (weights first, then each rank's
+    streams, then the first observations)."""
+    algorithm = ALGORITHMS[cfg.algo.name]
     agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
     # Acting stays on the CPU where the envs are: one small batch per step is cheaper there than a
     # host-device round trip. On a GPU learner we act with a CPU copy refreshed after every update.
     acting_agent = agent if torch.device(device).type == "cpu" else copy.deepcopy(agent).cpu()
-    optimizers = algorithm.make_optimizers(agent, algo_cfg)
+    optimizers = algorithm.make_optimizers(agent, cfg.algo)
     if distributed.rank() > 0:  # each rank samples its own actions; rank 0 draws what one process would
-        seed_everything(cfg.seed + RANK_SEED_STRIDE * distributed.rank())
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # shuffling: the same on every rank
+        seed_everything(cfg.seed + resume.SEED_STRIDE * distributed.rank())
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     # Rank r's sub-env i is the run's env r * num_envs + i, seeded seed + r * num_envs + i.
-    collector = Collector(envs, acting_agent, algo_cfg.num_steps, device, cfg.seed + distributed.rank() * env_cfg.num_envs)
+    collector = Collector(envs, acting_agent, cfg.algo.num_steps, device,
+                          cfg.seed + distributed.rank() * cfg.env.num_envs)
+    return Parts(envs, agent, acting_agent, optimizers, generator, collector, algorithm)
 
-    batch_size = world * env_cfg.num_envs * algo_cfg.num_steps  # global: every rank's envs
+
+def _train(cfg, run_dir, device, resume_state, envs, start_time, saved, stop):
+    world, main = distributed.world_size(), distributed.is_main()
+    parts = build(cfg, device, envs)
+    batch_size = world * cfg.env.num_envs * cfg.algo.num_steps  # global: every rank's envs
     num_iterations = cfg.total_timesteps // batch_size
-    total_steps = num_iterations * batch_size
-    iteration, global_step, elapsed_before = 0, 0, 0.0
-    config_digest = checkpoint.run_config_digest(run_dir) if main else None
+    progress = Progress(config_digest=checkpoint.run_config_digest(run_dir) if main else None)
     if resume_state is not None:
-        iteration, global_step = resume_state["iteration"], resume_state["global_step"]
-        elapsed_before = resume_state["wall_seconds"]
-        checkpoint.restore(resume_state, agent, acting_agent, optimizers, generator, collector, envs, cfg, batch_size)
-        config_digest = resume_state["run_config_digest"]
-
-    logger = Logger(run_dir, OmegaConf.to_yaml(cfg), hparams_of(cfg, device), hparam_schema(), total_steps,
-                    cfg.progress, start_step=global_step, resumed=resume_state is not None, enabled=main)
+        resume.restore(resume_state, parts, cfg, batch_size)
+        progress = Progress(resume_state["iteration"], resume_state["global_step"], resume_state["wall_seconds"],
+                            dict(resume_state["best_eval"]),
+                            deque(resume_state["recent_returns"].tolist(), maxlen=100),
+                            resume_state["run_config_digest"])
+    elif main:
+        write_spaces(run_dir, envs.single_observation_space, envs.single_action_space)
+    logger = Logger(run_dir, OmegaConf.to_yaml(cfg), hparam_values(cfg, device), hparam_columns(),
+                    num_iterations * batch_size, cfg.progress, start_step=progress.global_step,
+                    resumed=resume_state is not None, enabled=main)
     if main:
-        print(start_banner(run_dir, algo_cfg.name, env_cfg.id, describe_device(device, cfg.device), env_cfg.num_envs,
-                           algo_cfg.num_steps, num_iterations, cfg.total_timesteps, global_step, world), flush=True)
-    stop_at = cfg.stop_after_steps if cfg.stop_after_steps is not None else total_steps
-    best = dict(resume_state["best_eval"]) if resume_state is not None else {"return": None, "step": None}
-    recent_returns = deque(resume_state["recent_returns"].tolist() if resume_state is not None else [], maxlen=100)
-    evaluation = None  # (returns, lengths) of the latest evaluation point
+        print(start_banner(run_dir, cfg.algo.name, cfg.env.id, describe_device(device, cfg.device),
+                           cfg.env.num_envs, cfg.algo.num_steps, num_iterations, cfg.total_timesteps,
+                           progress.global_step, world), flush=True)
 
-    def state():
-        """The checkpoint; every rank takes part (each adds its envs, collector and random streams)."""
-        ranks = distributed.gather_objects({
-            "rng": checkpoint.rng_state(generator),
-            "collector": collector.state_dict(),
-            "env_snapshots": get_snapshots(envs),
-        })
-        return {
-            "format_version": checkpoint.FORMAT_VERSION,
-            "config": OmegaConf.to_yaml(cfg),
-            "agent": agent.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-            "iteration": iteration,
-            "global_step": global_step,
-            "wall_seconds": elapsed_before + time.perf_counter() - start_time,
-            "world_size": world,
-            "ranks": ranks,
-            "best_eval": dict(best),
-            "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
-            "run_config_digest": config_digest,
-        }
-
-    def save():
-        snapshot = state()
+    def save(best=False):
+        snapshot = resume.snapshot(cfg, parts, progress, progress.elapsed_before + time.perf_counter() - start_time)
         if main:
-            checkpoint.save(run_dir, snapshot, global_step, cfg.checkpoint_keep)
-        progress["saved_step"] = global_step
+            checkpoint.save_best(run_dir, snapshot) if best else \
+                checkpoint.save(run_dir, snapshot, progress.global_step, cfg.checkpoint_keep)
+        if not best:
+            saved["saved_step"] = progress.global_step
 
     try:
-        while iteration < num_iterations and global_step < stop_at and not distributed.any_rank(stop.requested):
-            iteration += 1
-            progress["step"] = global_step
-            metrics = _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers,
-                               generator, collector, global_step, cfg.nan_policy)
-            if cfg.distributed_check:
-                _check_ranks_agree(agent, iteration)
-            global_step += batch_size
-            episodes = [e for rank_episodes in distributed.gather_objects(metrics.pop("episodes"))
-                        for e in rank_episodes]
-            recent_returns.extend(episode_return for episode_return, _ in episodes)
-            logger.episodes(episodes, global_step)
-            sps = global_step / (elapsed_before + time.perf_counter() - start_time)
-            if iteration % cfg.log_every == 0 or iteration == num_iterations:
-                logger.scalars({**metrics, "charts/sps": sps}, global_step)
-            logger.progress(global_step, sps)
-            if cfg.eval_episodes > 0 and (iteration == num_iterations or (
-                    cfg.eval_every and iteration % cfg.eval_every == 0)):
-                improved = False
-                if main:  # rank 0 evaluates; the others wait at the next collective
-                    evaluation = _evaluate(cfg, acting_agent, env_kwargs, logger, global_step,
-                                           final=iteration == num_iterations)
-                    improved = best["return"] is None or float(np.mean(evaluation[0])) > best["return"]
-                    if improved:
-                        best.update({"return": float(np.mean(evaluation[0])), "step": global_step})
-                if distributed.broadcast_object(improved):
-                    snapshot = state()
-                    if main:
-                        checkpoint.save_best(run_dir, snapshot)
-            if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < num_iterations:
-                save()
-        stopped = (stop.requested or "a signal to another rank") if distributed.any_rank(stop.requested) \
-            else ("stop_after_steps" if iteration < num_iterations else None)
+        stopped = _loop(cfg, parts, progress, logger, stop, save, saved, num_iterations, batch_size, start_time)
         save()
         if stopped:
             if main:
-                print(f"stopped ({stopped}) at step {global_step}; checkpoint saved. Continue with: "
+                print(f"stopped ({stopped}) at step {progress.global_step}; checkpoint saved. Continue with: "
                       f"{resume_command(run_dir)}", flush=True)
             return None
     finally:
         logger.close()
-    if not main:
-        return None
+    return write_summary(cfg, run_dir, progress, start_time) if main else None
 
-    wall = elapsed_before + time.perf_counter() - start_time
-    returns_eval = evaluation[0] if evaluation is not None else []
+
+def _loop(cfg, parts, progress, logger, stop, save, saved, num_iterations, batch_size, start_time):
+    """Iterations until the budget, `stop_after_steps` or a stop request. Returns why it stopped early, or None."""
+    stop_at = cfg.stop_after_steps if cfg.stop_after_steps is not None else num_iterations * batch_size
+    while progress.iteration < num_iterations and progress.global_step < stop_at and \
+            not distributed.any_rank(stop.requested):
+        progress.iteration += 1
+        saved["step"] = progress.global_step
+        metrics = iterate(parts, cfg.algo, progress.iteration, num_iterations, progress.global_step, cfg.nan_policy)
+        if cfg.distributed_check:
+            check_ranks_agree(parts.agent, progress.iteration)
+        progress.global_step += batch_size
+        episodes = [e for rank_episodes in distributed.gather_objects(metrics.pop("episodes"))
+                    for e in rank_episodes]
+        progress.recent_returns.extend(episode_return for episode_return, _ in episodes)
+        logger.episodes(episodes, progress.global_step)
+        sps = progress.global_step / (progress.elapsed_before + time.perf_counter() - start_time)
+        last = progress.iteration == num_iterations
+        if progress.iteration % cfg.log_every == 0 or last:
+            logger.scalars({**metrics, "charts/sps": sps}, progress.global_step)
+        logger.progress(progress.global_step, sps)
+        if cfg.eval_episodes > 0 and (last or (cfg.eval_every and progress.iteration % cfg.eval_every == 0)):
+            if distributed.broadcast_object(_evaluate(cfg, parts, progress, logger, last)):
+                save(best=True)
+        if cfg.checkpoint_every and progress.iteration % cfg.checkpoint_every == 0 and not last:
+            save()
+    if distributed.any_rank(stop.requested):
+        return stop.requested or "a signal to another rank"
+    return "stop_after_steps" if progress.iteration < num_iterations else None
+
+
+def write_summary(cfg, run_dir, progress, start_time):
+    wall = progress.elapsed_before + time.perf_counter() - start_time
+    returns = progress.evaluation[0] if progress.evaluation is not None else []
     summary = {
-        "env": env_cfg.id,
-        "algo": algo_cfg.name,
+        "env": cfg.env.id,
+        "algo": cfg.algo.name,
         "seed": cfg.seed,
-        "world_size": world,
-        "total_timesteps": global_step,
+        "world_size": distributed.world_size(),
+        "total_timesteps": progress.global_step,
         "wall_seconds": wall,
-        "sps": global_step / wall,
-        "eval_return_mean": float(np.mean(returns_eval)) if returns_eval else None,
-        "eval_return_std": float(np.std(returns_eval)) if returns_eval else None,
-        "eval_episodes": len(returns_eval),
-        "best_eval_return_mean": best["return"],
-        "best_eval_step": best["step"],
-        "train_return_mean_last100": float(np.mean(recent_returns)) if recent_returns else None,
+        "sps": progress.global_step / wall,
+        "eval_return_mean": float(np.mean(returns)) if returns else None,
+        "eval_return_std": float(np.std(returns)) if returns else None,
+        "eval_episodes": len(returns),
+        "best_eval_return_mean": progress.best["return"],
+        "best_eval_step": progress.best["step"],
+        "train_return_mean_last100": float(np.mean(progress.recent_returns)) if progress.recent_returns else None,
     }
     write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary
 
 
-def _evaluate(cfg, acting_agent, env_kwargs, logger, global_step, final):
-    """One evaluation point: run it, log it. Returns (returns, lengths)."""
+def _evaluate(cfg, parts, progress, logger, final):
+    """One evaluation point on rank 0 (the others wait at the next collective): run it, log it, keep the best.
+    Returns whether it is the best so far."""
+    if not distributed.is_main():
+        return False
     if final and not logger.interactive:
         logger.message(f"evaluating the final policy ({cfg.eval_episodes} episodes)")
     start = time.perf_counter()
-    evaluation = evaluate(acting_agent, cfg.env.id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET, env_kwargs,
-                          progress=final and logger.interactive, backend=cfg.env.backend)
-    mean, std = float(np.mean(evaluation[0])), float(np.std(evaluation[0]))
+    progress.evaluation = evaluate(parts.acting_agent, cfg.env.id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
+                                   OmegaConf.to_container(cfg.env.kwargs), progress=final and logger.interactive,
+                                   backend=cfg.env.backend)
+    mean, std = float(np.mean(progress.evaluation[0])), float(np.std(progress.evaluation[0]))
     # The mean length tells a policy that falls early from one that lives the whole episode slowly.
-    logger.scalars({"eval/return": mean, "eval/return_std": std, "eval/length": float(np.mean(evaluation[1])),
-                    "time/eval_seconds": time.perf_counter() - start}, global_step)
-    logger.message(f"eval return {mean:.1f} +/- {std:.1f} at step {global_step}")
-    return evaluation
+    logger.scalars({"eval/return": mean, "eval/return_std": std,
+                    "eval/length": float(np.mean(progress.evaluation[1])),
+                    "time/eval_seconds": time.perf_counter() - start}, progress.global_step)
+    logger.message(f"eval return {mean:.1f} +/- {std:.1f} at step {progress.global_step}")
+    improved = progress.best["return"] is None or mean > progress.best["return"]
+    if improved:
+        progress.best.update({"return": mean, "step": progress.global_step})
+    return improved
 
 
-def _check_ranks_agree(agent, iteration):
-    """distributed_check: every rank's weights must be bit-identical after every update."""
-    digests = distributed.gather_objects(checkpoint.payload_digest({"agent": agent.state_dict()}))
-    if len(set(digests)) > 1:
-        raise RanksDiverged(f"distributed_check: the ranks' weights differ after iteration {iteration} "
-                            f"(digests {', '.join(d[:8] for d in digests)})")
-
-
-def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent, optimizers, generator,
-             collector, global_step, nan_policy):
+def iterate(parts, algo_cfg, iteration, num_iterations, global_step, nan_policy):
     """One iteration: anneal, collect, GAE, update. Returns its metrics (with the finished episodes).
 
-    An update that leaves a NaN or inf in a loss or a weight raises NonFiniteError, or with
-    `nan_policy=skip_update` is undone (weights and optimizer states as before it) and counted.
+    An update that leaves a NaN or inf where it can corrupt the run (a back-propagated loss, a weight, an
+    optimizer's state, the normalizer statistics) raises NonFiniteError, or with `nan_policy=skip_update` is
+    undone (weights and optimizer states as before it) and counted. A diagnostic that is undefined (explained
+    variance of constant returns) is logged as NaN and does not stop the run.
     """
+    agent, optimizers = parts.agent, parts.optimizers
     fraction_left = 1.0 - (iteration - 1) / num_iterations
     if algo_cfg.anneal_learning_rate:
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = fraction_left * algo_cfg.learning_rate
     rollout_start, communication_start = time.perf_counter(), distributed.communication_seconds()
-    rollout, episodes = collector.collect(global_step)
+    rollout, episodes = parts.collector.collect(global_step)
     update_start = time.perf_counter()
     advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                               rollout.done, algo_cfg.gamma, algo_cfg.gae_lambda)
     before = None
     if nan_policy == "skip_update":
         before = (copy.deepcopy(agent.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers.values()])
-    metrics = algorithm.update(agent, optimizers, flatten(rollout, advantages, returns), algo_cfg, generator,
-                               fraction_left)
-    finite = bool(torch.isfinite(parameters_to_vector(agent.parameters())).all()) and all(
-        np.isfinite(value) for value in metrics.values())
+    metrics = parts.algorithm.update(agent, optimizers, flatten(rollout, advantages, returns), algo_cfg,
+                                     parts.generator, fraction_left)
+    bad = first_non_finite(agent, optimizers, metrics)
     skipped = 0
-    if not finite:
+    if bad is not None:
         if before is None:
-            bad = next((k for k, v in metrics.items() if not np.isfinite(v)), "the weights")
             raise NonFiniteError(f"the {algo_cfg.name} update at iteration {iteration} (global step "
                                  f"{global_step + rollout.rewards.numel()}) made {bad} non-finite; "
                                  "nan_policy=skip_update would undo such updates and go on")
@@ -287,8 +290,8 @@ def _iterate(iteration, num_iterations, algorithm, algo_cfg, agent, acting_agent
             optimizer.load_state_dict(saved)
         skipped = 1
         metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
-    if acting_agent is not agent:
-        _sync_acting_agent(agent, acting_agent)
+    if parts.acting_agent is not agent:
+        _sync_acting_agent(agent, parts.acting_agent)
     metrics.update({
         "episodes": episodes,
         "charts/learning_rate": next(iter(optimizers.values())).param_groups[0]["lr"],
@@ -308,42 +311,6 @@ def _sync_acting_agent(agent, acting_agent):
     acting_agent.load_state_dict(agent.state_dict())
 
 
-def load_resume(cfg):
-    """For `resume=<run dir>`: the saved config with the allowed overrides applied, and the checkpoint.
-
-    The original command line may be repeated: an override that names the value the run already has is
-    fine; one that would change the run is refused, naming it.
-    """
-    run_dir = cfg.resume
-    state = checkpoint.load(checkpoint.latest(run_dir), checkpoint_size_limit(run_dir))
-    if state["run_config_digest"] != checkpoint.run_config_digest(run_dir):
-        raise checkpoint.CheckpointError(f"{checkpoint.latest(run_dir)}: belongs to another run (its config is not "
-                                         f"this folder's .hydra/config.yaml); refused")
-    saved = checkpoint.config_of(state)
-    # These describe this invocation, not the run.
-    saved.resume, saved.stop_after_steps = cfg.resume, cfg.stop_after_steps
-    for override in HydraConfig.get().overrides.task:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key in RESUME_OVERRIDABLE and not override.startswith("~"):
-            OmegaConf.update(saved, key, cfg[key], force_add=True)
-            continue
-        if override.startswith("~") or not _same_as_saved(key, value, cfg, saved):
-            was = saved.algo.name if key == "algo" else saved.env.id if key == "env" else \
-                OmegaConf.select(saved, key, default="<absent>")
-            raise ConfigError(key, value, f"differs from the run's {key}={was}; a resumed run keeps its config "
-                                          f"(only {', '.join(RESUME_OVERRIDABLE[:-1])} may change)")
-    return saved, state
-
-
-def _same_as_saved(key, value, cfg, saved):
-    if key == "algo":  # a config group: the saved run names the algorithm it used
-        return value == saved.algo.name
-    if key == "env":  # env=generic names its id separately, through env.id (compared on its own)
-        return value in (saved.env.id, "generic")
-    absent = object()
-    return OmegaConf.select(saved, key, default=absent) == OmegaConf.select(cfg, key, default=absent) is not absent
-
-
 def fail(message, exit_code=2):
     """One line on stderr and the exit code. In a distributed run, bad input is reported by rank 0 alone
     (every rank finds the same); a fault during the run by each rank that meets it."""
@@ -355,52 +322,25 @@ def fail(message, exit_code=2):
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def _hydra_main(cfg):
     distributed.initialize()
-    main_rank = distributed.is_main()
     # Rank 0's folder is the run's; the other ranks write nothing of their own.
     run_dir = distributed.broadcast_object(os.path.abspath(cfg.resume or HydraConfig.get().runtime.output_dir))
     resume_state = None
     try:
-        if main_rank and run_dir not in _TAKEN:  # Hydra's default folder, created by Hydra just now
-            _TAKEN[run_dir] = None
-            run_folder.lock(run_dir)
+        if distributed.is_main():
+            run_folder.take(run_dir, created=True)  # a no-op unless this is Hydra's default folder, new now
         if cfg.resume:
-            cfg, resume_state = _from_rank_zero(load_resume, cfg)
+            overrides = list(HydraConfig.get().overrides.task)
+            cfg, resume_state = resume.on_rank_zero(resume.load_resume, cfg, overrides)
         resolve(cfg)
-        device = distributed.use_device(validate(cfg))
-        summary = train(cfg, run_dir, device, resume_state)
+        summary = train(cfg, run_dir, distributed.use_device(validate(cfg)), resume_state)
     except (ConfigError, checkpoint.CheckpointError, run_folder.RunFolderError) as error:
-        if not cfg.resume and main_rank:  # a run that never started: undo what it added to its folder
-            run_folder.undo(run_dir, _TAKEN.get(run_dir))
+        if distributed.is_main():  # a run that never started: undo what it added to its folder
+            run_folder.release_refused(run_dir)
         fail(error)
     except RunFailed as error:
         fail(f"rank {distributed.rank()}: {error}" if distributed.world_size() > 1 else error, error.exit_code)
     if summary is not None:
         print(done_line(summary, run_dir), flush=True)
-
-
-def _from_rank_zero(load, cfg):
-    """Run `load(cfg)` -> (config, state) on rank 0 only (it reads the checkpoint) and hand every rank the
-    result, or rank 0's refusal."""
-    if distributed.world_size() == 1:
-        return load(cfg)
-    result, refusal = None, None
-    if distributed.is_main():
-        try:
-            config, state = load(cfg)
-            result = (OmegaConf.to_yaml(config), state)
-        except (ConfigError, checkpoint.CheckpointError) as error:
-            refusal = error
-    result, message = distributed.broadcast_object((result, str(refusal) if refusal else None))
-    if refusal is not None:
-        raise refusal
-    if message is not None:
-        raise ConfigError("resume", cfg.resume, f"refused on rank 0: {message}")
-    return OmegaConf.create(result[0]), result[1]
-
-
-# Run folders this process took: {absolute path: the entries it held before, None if created here}, so a
-# refused run can undo what it added.
-_TAKEN = {}
 
 
 def main():
@@ -411,15 +351,12 @@ def main():
     # Hydra prints composition errors (an unknown env or algo config, a bad override) over several
     # lines and exits 1. We let them raise so they become one line and exit 2, like our own checks.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    resume = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("resume=")]
-    run_dir = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")]
-    resume = resume[-1] if resume and resume[-1] not in ("", "null") else None
-    if resume:
-        if not os.path.isdir(resume):
-            fail(f"resume={resume}: no such run directory")
-        # A resumed run writes into its own folder, and Hydra adds nothing there.
-        sys.argv += [f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
-    folder = resume or (run_dir[-1] if run_dir else None)
+    resumed, extra = resume.resume_arguments(sys.argv[1:])
+    if resumed and not os.path.isdir(resumed):
+        fail(f"resume={resumed}: no such run directory")
+    run_dirs = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")]
+    sys.argv += extra
+    folder = resumed or (run_dirs[-1] if run_dirs else None)
     if distributed.requested() and distributed.env_rank() != 0:
         # Ranks other than 0 of a torchrun job write nothing: rank 0 takes the run folder and tells them
         # which it is. Hydra gets a scratch folder to create, removed at exit.
@@ -427,32 +364,39 @@ def main():
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
         folder = None
+    key = "resume" if resumed else "hydra.run.dir"
     if folder:  # taken before Hydra writes its .hydra/ files into it
-        before = os.listdir(folder) if os.path.isdir(folder) else None
         try:
-            run_folder.prepare(folder, "resume" if resume else "hydra.run.dir")
-            _TAKEN[os.path.abspath(folder)] = before
-            run_folder.lock(folder, "resume" if resume else "hydra.run.dir")
+            run_folder.take(folder, key)
+            if not resumed and os.path.lexists(checkpoint.checkpoint_dir(folder)):
+                raise run_folder.RunFolderError(f"hydra.run.dir={folder}: already holds a run; continue it with "
+                                                "resume=<dir> or choose another folder")
         except run_folder.RunFolderError as error:
-            if not resume:
-                run_folder.undo(folder, before)
+            run_folder.release_refused(folder)
             fail(error)
-        if not resume and os.path.lexists(checkpoint.checkpoint_dir(folder)):
-            run_folder.undo(folder, before)
-            fail(f"hydra.run.dir={folder}: already holds a run; continue it with resume=<dir> or choose another "
-                 "folder")
     try:
         _hydra_main()
     except (HydraException, OmegaConfBaseException) as error:
-        if folder and not resume:
-            run_folder.undo(folder, _TAKEN.get(os.path.abspath(folder)))
-        fail(_describe_hydra_error(error))
+        if folder:
+            run_folder.release_refused(folder)
+        fail(describe_hydra_error(error, sys.argv[1:]))
     except OSError as error:  # Hydra creating its default run folder or writing .hydra/
         fail(f"{error.filename or 'run folder'}: cannot write ({error.strerror})")
 
 
-def _describe_hydra_error(error):
-    text = " ".join(str(error).split())
+def describe_hydra_error(error, arguments):
+    """One line for a Hydra composition or parse error, naming the argument or config at fault."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    text = " ".join(str(error).split("See https://")[0].split())
+    if isinstance(error, OverrideParseException):
+        parser = OverridesParser.create()
+        for argument in (a for a in arguments if not a.startswith("-")):
+            try:
+                parser.parse_overrides([argument])
+            except OverrideParseException:
+                return f"{argument}: not a valid value ({text})"
     missing = getattr(error, "missing_cfg_file", None)
     if missing and "/" in missing:
         group, name = missing.split("/", 1)

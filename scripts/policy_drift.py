@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from rl import checkpoint
 from rl.evaluate import EVAL_SEED_OFFSET, evaluate
-from rl.policy import checkpoint_size_limit, trained_policy
+from rl.trained import checkpoint_size_limit, trained_policy
 
 
 def load_agent(run_dir, step):

@@ -321,3 +321,46 @@ def test_a_folder_named_rl_in_the_current_directory_does_not_shadow_the_package(
     result = subprocess.run([sys.executable, "-c", "import rl; print(rl.load.__module__)"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0 and result.stdout.strip() == "rl", result.stderr
+
+
+LOAD_WITHOUT_THE_ENV = '''
+import sys
+import numpy as np
+import rl
+from rl.checkpoint import DEFAULT_MAX_BYTES, size_bound
+from rl.trained import checkpoint_size_limit
+
+run_dir = sys.argv[1]
+policy = rl.load(run_dir)
+bound = checkpoint_size_limit(run_dir)
+weights = sum(t.numel() for t in policy.agent.state_dict().values())
+assert bound == size_bound(weights) < DEFAULT_MAX_BYTES, (bound, weights)
+# The same network, read independently of the policy: the argmax of its logits on raw observations
+# (this run does not normalize them).
+obs = np.array([[0.5, -0.25], [-1.0, 1.0]], dtype=np.float32)
+import torch
+logits = policy.agent.actor.net(torch.from_numpy(obs))
+assert (policy.act(obs) == logits.argmax(-1).numpy()).all()
+assert policy.act(obs[0]) == int(logits[0].argmax())
+print("loaded", policy.observation_space, policy.action_space)
+'''
+
+
+def test_a_run_whose_env_module_is_gone_still_loads_and_is_bounded_and_only_evaluating_it_refuses(tmp_path):
+    (tmp_path / "my_envs.py").write_text(MAZE_MODULE)
+    run_dir = tmp_path / "maze"
+    result = subprocess.run([sys.executable, "-m", "rl.train", "env=generic", "env.id=my_envs:Maze-v0",
+                             "algo.num_steps=64", "total_timesteps=128", "eval_episodes=0", "progress=false",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (tmp_path / "my_envs.py").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    loaded = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_THE_ENV, str(run_dir)], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=1200)
+    assert loaded.returncode == 0 and "loaded Box(-1.0, 1.0, (2,), float32) Discrete(2)" in loaded.stdout, \
+        loaded.stderr[-2000:]
+    evaluated = subprocess.run([sys.executable, "-m", "rl.evaluate", str(run_dir)], cwd=elsewhere,
+                               capture_output=True, text=True, timeout=1200)
+    lines = [line for line in evaluated.stderr.splitlines() if line.strip()]
+    assert evaluated.returncode == 2 and len(lines) == 1 and "my_envs:Maze-v0" in lines[0], evaluated.stderr

@@ -88,3 +88,16 @@ def test_tuned_configs_override_existing_keys(tuned):
     for key in leaf_keys(values):
         assert OmegaConf.select(untuned, key, default="<absent>") != "<absent>", f"{tuned}.yaml sets unknown {key}"
         assert OmegaConf.select(cfg, key) == OmegaConf.select(OmegaConf.create(values), key), key
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_the_schema_names_exactly_the_keys_the_yaml_files_hold(algo):
+    from rl.algos import ALGORITHMS
+    from rl.config import ALGORITHM_NAMES, keys_of
+
+    run = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))
+    yaml_keys = {k for k in run if k not in ("defaults", "hydra")}
+    yaml_keys |= {f"algo.{k}" for k in OmegaConf.load(CONFIG_DIR / "algo" / f"{algo}.yaml")}
+    yaml_keys |= {f"env.{k}" for k in OmegaConf.load(CONFIG_DIR / "env" / "common.yaml")}
+    assert set(keys_of(algo)) == yaml_keys
+    assert set(ALGORITHM_NAMES) == set(ALGORITHMS) == set(ALGO_NAMES)

@@ -10,7 +10,7 @@ import torch
 
 from rl import checkpoint
 from rl.evaluate import main as evaluate_main
-from rl.policy import checkpoint_size_limit
+from rl.trained import checkpoint_size_limit
 from tests.faults.conftest import one_error_line
 from tests.reproducibility.runs import folder_digest, run_all
 
@@ -108,6 +108,25 @@ def tamper_symlinked_checkpoints(run_dir):
     (run_dir / "checkpoints").symlink_to(elsewhere)
 
 
+def tamper_nan_weight(run_dir):  # sealed again: only a check of the numbers themselves can refuse it
+    state = torch.load(latest_file(run_dir), weights_only=True)
+    state["agent"]["actor.net.0.weight"][0, 0] = float("nan")
+    torch.save(resealed(state), latest_file(run_dir))
+
+
+def tamper_nan_adam_moment(run_dir):
+    state = torch.load(latest_file(run_dir), weights_only=True)
+    moments = state["optimizers"]["actor"]["state"][0]["exp_avg_sq"]
+    moments.fill_(float("inf"))
+    torch.save(resealed(state), latest_file(run_dir))
+
+
+def tamper_negative_variance(run_dir):
+    state = torch.load(latest_file(run_dir), weights_only=True)
+    state["agent"]["obs_normalizer.stats.var"] = -state["agent"]["obs_normalizer.stats.var"] - 1.0
+    torch.save(resealed(state), latest_file(run_dir))
+
+
 CASES = {  # name: (tamper(run_dir), text the one error line must contain)
     "storage_view_bomb": (tamper_storage_view, "views more storage than it holds"),
     "compressed_entries": (tamper_compressed, "compressed entries"),
@@ -120,6 +139,9 @@ CASES = {  # name: (tamper(run_dir), text the one error line must contain)
                           "embedded config is not valid YAML"),
     "flipped_byte_in_adam_state": (tamper_flipped_byte, "checksum mismatch"),
     "negative_global_step": (tamper_negative_step, "impossible progress counters"),
+    "nan_weight_resealed": (tamper_nan_weight, "non-finite values in the checkpoint's agent"),
+    "inf_adam_moment_resealed": (tamper_nan_adam_moment, "non-finite values in the checkpoint's optimizers"),
+    "negative_normalizer_variance_resealed": (tamper_negative_variance, "negative obs_normalizer.stats.var"),
     "step_not_a_whole_iteration": (tamper_inconsistent_step, "refused"),
     "symlinked_checkpoints_folder": (tamper_symlinked_checkpoints, "is a symlink"),
 }

@@ -65,7 +65,8 @@ def test_acting_copy_matches_the_learner_after_every_update(algo):
     generator = torch.Generator(device="cuda").manual_seed(0)
     for iteration in range(1, 4):
         before = parameters_to_vector(agent.parameters()).detach().clone()
-        train._iterate(iteration, 3, module, cfg, agent, acting, optimizers, generator, collector, 0, "stop")
+        parts = train.Parts(envs, agent, acting, optimizers, generator, collector, module)
+        train.iterate(parts, cfg, iteration, 3, 0, "stop")
         assert not torch.equal(before, parameters_to_vector(agent.parameters()).detach())
         learner = {k: v.cpu() for k, v in agent.state_dict().items()}
         assert all(torch.equal(learner[k], v) for k, v in acting.state_dict().items()), iteration

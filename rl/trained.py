@@ -1,0 +1,115 @@
+"""A trained policy outside training: `rl.load(run)`, TrainedPolicy, and how big a run's checkpoint can be.
+
+Nothing here makes an env: the observation and action spaces come from the checkpoint (format 5) or the run
+folder's spaces.json, so a policy whose env cannot be made here still loads and acts on observations.
+"""
+
+import json
+import os
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rl import checkpoint
+from rl.policy import build_agent
+from rl.spaces import SpaceError, space_from_state, space_to_state
+
+SPACES_FILE = "spaces.json"  # in the run folder: what the run's networks are sized by
+SPACES_MAX_BYTES = 16 << 20
+
+
+def load(run_dir, path=None, which="latest"):
+    """The TrainedPolicy of a run's checkpoint (`latest`, `best` or a global step), or of the file `path`."""
+    path = path or checkpoint.resolve(run_dir, which)
+    return trained_policy(checkpoint.load(path, checkpoint_size_limit(run_dir) if run_dir else
+                                          checkpoint.DEFAULT_MAX_BYTES))
+
+
+def spaces_state(observation_space, action_space):
+    return {"observation": space_to_state(observation_space), "action": space_to_state(action_space)}
+
+
+def write_spaces(run_dir, observation_space, action_space):
+    from rl.files import write_json
+
+    write_json(os.path.join(run_dir, SPACES_FILE), spaces_state(observation_space, action_space))
+
+
+def read_spaces(run_dir):
+    """(observation space, action space) from the run folder's spaces.json, or None when it has none."""
+    path = os.path.join(run_dir, SPACES_FILE)
+    try:
+        with checkpoint.open_regular(path, SPACES_MAX_BYTES, "spaces.json") as f:
+            return _spaces(json.loads(f.read()))
+    except (checkpoint.CheckpointError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _spaces(state):
+    return space_from_state(state["observation"]), space_from_state(state["action"])
+
+
+def checkpoint_size_limit(run_dir):
+    """The most bytes a checkpoint of this run may take, sized from the model its .hydra/config.yaml and
+    spaces.json describe; the general limit when the folder lacks either (runs made before spaces.json)."""
+    from omegaconf import OmegaConf
+
+    spaces = read_spaces(run_dir)
+    try:
+        agent = build_agent(OmegaConf.load(os.path.join(run_dir, ".hydra", "config.yaml")), *spaces)
+    except Exception:  # no config, no spaces, or nothing we can build a model from: the general limit applies
+        return checkpoint.DEFAULT_MAX_BYTES
+    return min(checkpoint.DEFAULT_MAX_BYTES, checkpoint.size_bound(sum(t.numel() for t in agent.state_dict().values())))
+
+
+def trained_policy(state):
+    """The TrainedPolicy in a loaded checkpoint; its config says how to build the agent, its spaces what for."""
+    config = checkpoint.config_of(state)
+    try:
+        spaces = _spaces(state["spaces"]) if "spaces" in state else _spaces_of_env(config)
+    except SpaceError as error:
+        raise checkpoint.CheckpointError(f"the checkpoint's spaces: {error}") from None
+    agent = build_agent(config, *spaces)
+    try:
+        agent.load_state_dict(state["agent"])
+    except Exception as error:
+        raise checkpoint.CheckpointError(f"the checkpoint's weights do not fit its config "
+                                         f"({type(error).__name__}: {' '.join(str(error).split())[:200]})") from None
+    return TrainedPolicy(agent, *spaces, config, state["global_step"])
+
+
+def _spaces_of_env(config):
+    """Format 4 checkpoints carry no spaces: make one env of the run to read them."""
+    from omegaconf import OmegaConf
+
+    from rl.envs import make_vector_env
+
+    envs = make_vector_env(config.env.id, 1, backend=config.env.get("backend", "gymnasium"),
+                           **OmegaConf.to_container(config.env.kwargs))
+    try:
+        return envs.single_observation_space, envs.single_action_space
+    finally:
+        envs.close()
+
+
+class TrainedPolicy:
+    """A trained policy for use outside training: NumPy observations in, env-ready actions out."""
+
+    def __init__(self, agent, observation_space, action_space, config, global_step=None):
+        self.agent = agent.eval()
+        self.observation_space = observation_space
+        self.observation_shape = tuple(observation_space.shape)
+        self.action_space = action_space
+        self.config = config  # the run's config
+        self.global_step = global_step  # the training step the weights come from
+
+    def act(self, obs, deterministic=True):
+        """Action(s) for one observation (obs_dim,) or a batch (B, obs_dim); Box actions clipped to bounds."""
+        obs = np.asarray(obs, dtype=np.float32)
+        single = obs.shape == self.observation_shape
+        batch = torch.from_numpy(obs.reshape(1 if single else obs.shape[0], -1))
+        action = self.agent.act(batch, deterministic).numpy()
+        if isinstance(self.action_space, gym.spaces.Box):
+            action = np.clip(action, self.action_space.low, self.action_space.high)
+        return action[0] if single else action
