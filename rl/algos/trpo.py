@@ -143,7 +143,7 @@ def policy_step(actor, batch, cfg, generator=None):
     }
     if old_log_std is not None:
         # The part of the step's KL spent on the (state-independent) std alone: sum_d of
-        # KL(N(0, s_old^2) || N(0, s^2)). A large share shrinks exploration fast (docs/benchmarks.md).
+        # KL(N(0, s_old^2) || N(0, s^2)). A large share shrinks exploration fast (docs/studies/hopper.md).
         change = (actor.log_std.detach() - old_log_std).double()
         metrics["trpo/kl_from_std"] = float((0.5 * torch.exp(-2.0 * change) - 0.5 + change).sum())
     return metrics
