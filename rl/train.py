@@ -160,9 +160,10 @@ def _train(cfg, run_dir, device, resume_state, envs, start_time, saved, stop):
 
     def save(best=False):
         snapshot = resume.snapshot(cfg, parts, progress, progress.elapsed_before + time.perf_counter() - start_time)
-        if main:
-            checkpoint.save_best(run_dir, snapshot) if best else \
-                checkpoint.save(run_dir, snapshot, progress.global_step, cfg.checkpoint_keep)
+        if main and best:
+            checkpoint.save_best(run_dir, snapshot)
+        elif main:
+            checkpoint.save(run_dir, snapshot, progress.global_step, cfg.checkpoint_keep)
         if not best:
             saved["saved_step"] = progress.global_step
 
