@@ -26,24 +26,18 @@ its checkpoint (MuJoCo episodes restart there), so the runner can be stopped and
 """
 
 import argparse
-import csv
 import json
 import os
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
+
+from rl import results
 
 REPO = Path(__file__).resolve().parent.parent
 SB3_ALGOS = ("sb3-ppo", "sb3-trpo")
-CSV_COLUMNS = ("step", "train_return", "eval_return", "eval_return_std", "train_length", "eval_length")
-# What an update logs that explains a curve: the policy's entropy and how far each update moved it, how well
-# CG solved for the direction, how well the critic fits.
-STATS_TAGS = ("losses/entropy", "losses/explained_variance", "losses/value_loss", "losses/approx_kl",
-              "losses/clipfrac", "trpo/kl", "trpo/kl_from_std", "trpo/cg_residual", "trpo/cg_relative_residual",
-              "trpo/line_search_steps", "trpo/step_norm")
-# The same for SB3 / sb3-contrib cells, under their own names (train/std is the policy's mean std;
+# What rl.results.STATS_TAGS keeps, for for SB3 / sb3-contrib cells, under their own names (train/std is the policy's mean std;
 # sb3-contrib's train/kl_divergence_loss is the KL averaged over action dimensions).
 SB3_STATS_TAGS = ("train/std", "train/kl_divergence_loss", "train/approx_kl", "train/clip_fraction",
                   "train/explained_variance", "train/value_loss", "train/entropy_loss")
@@ -72,78 +66,19 @@ def command(job, run_dir, resume=False):
         return [sys.executable, str(REPO / "scripts" / "sb3_baseline.py"), f"--algo={job['algo'][4:]}",
                 f"--env={job['env']}", f"--seed={job['seed']}", f"--out={run_dir}", *job["overrides"]]
     if resume:
-        return [sys.executable, "-m", "rl.train", f"resume={run_dir}", "progress=false"]
-    return [sys.executable, "-m", "rl.train", f"algo={job['algo']}", f"env={job['env']}", f"seed={job['seed']}",
-            *job["overrides"], "progress=false", f"hydra.run.dir={run_dir}"]
+        return results.train_command(None, f"resume={run_dir}")
+    return results.train_command(run_dir, f"algo={job['algo']}", f"env={job['env']}", f"seed={job['seed']}",
+                                 *job["overrides"])
 
 
 def resumable(job, run_dir):
     return job["algo"] not in SB3_ALGOS and (Path(run_dir) / "checkpoints" / "latest").exists()
 
 
-def curve_from_tensorboard(run_dir):
-    """Rows of CSV_COLUMNS from a run's TensorBoard events: per logged step, the mean return of the training
-    episodes that ended there, and the evaluation at that step if there was one."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    old_layout = Path(run_dir) / "tensorboard"  # runs made before event files moved to the run folder
-    events = EventAccumulator(str(old_layout if old_layout.is_dir() else run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = events.Tags()["scalars"]
-
-    def per_step_means(tag):
-        values = defaultdict(list)
-        for event in events.Scalars(tag) if tag in tags else []:
-            values[event.step].append(event.value)
-        return {step: sum(v) / len(v) for step, v in values.items()}
-
-    train, train_length = per_step_means("charts/episodic_return"), per_step_means("charts/episodic_length")
-    evaluation, spread, eval_length = (per_step_means(tag) for tag in ("eval/return", "eval/return_std",
-                                                                       "eval/length"))
-    return [{"step": step, "train_return": train.get(step, ""), "eval_return": evaluation.get(step, ""),
-             "eval_return_std": spread.get(step, ""), "train_length": train_length.get(step, ""),
-             "eval_length": eval_length.get(step, "")}
-            for step in sorted(set(train) | set(evaluation))]
-
-
-def stats_from_tensorboard(run_dir, wanted=STATS_TAGS):
-    """(columns, rows): per logged step, the `wanted` tags this run logged."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = [tag for tag in wanted if tag in events.Tags()["scalars"]]
-    by_step = defaultdict(dict)
-    for tag in tags:
-        for event in events.Scalars(tag):
-            by_step[event.step][tag] = event.value
-    return ("step", *tags), [{"step": step, **by_step[step]} for step in sorted(by_step)]
-
-
-def write_csv(path, rows, columns=CSV_COLUMNS):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _compact(row.get(key, "")) for key in columns})
-
-
-def _compact(value):
-    return f"{value:.6g}" if isinstance(value, float) else value
-
-
-def read_curve(path):
-    """CSV rows as dicts of floats (None where a column is empty)."""
-    with open(path, newline="") as f:
-        return [{key: (float(value) if value != "" else None) for key, value in row.items()}
-                for row in csv.DictReader(f)]
-
-
 def collect_result(job, run_dir, result_dir, cmd, resumed):
     """Copy what the page needs out of a finished run folder."""
-    summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    curve_path = Path(run_dir) / "curve.csv"
-    rows = read_curve(curve_path) if job["algo"] in SB3_ALGOS else curve_from_tensorboard(run_dir)
+    summary = results.summary(run_dir)
+    rows = results.read_csv(Path(run_dir) / "curve.csv") if job["algo"] in SB3_ALGOS else results.curve(run_dir)
     evaluations = [row["eval_return"] for row in rows if row["eval_return"] not in (None, "")]
     summary["eval_return_last5_mean"] = sum(evaluations[-5:]) / len(evaluations[-5:]) if evaluations else None
     summary["eval_points"] = len(evaluations)
@@ -155,14 +90,14 @@ def collect_result(job, run_dir, result_dir, cmd, resumed):
     config = Path(run_dir) / ".hydra" / "config.yaml"
     if config.exists():  # the whole resolved config, so the cell can be rerun after the defaults change
         (result_dir / "config.yaml").write_text(config.read_text())
-    write_csv(result_dir / "curve.csv", rows)
+    results.write_csv(result_dir / "curve.csv", rows)
     if job["algo"] not in SB3_ALGOS:
-        columns, stats = stats_from_tensorboard(run_dir)
-        write_csv(result_dir / "stats.csv", stats, columns)
+        columns, stats = results.stats(run_dir)
+        results.write_csv(result_dir / "stats.csv", stats, columns)
     else:  # sb3_baseline.py writes one TensorBoard folder per run under <run>/tensorboard
         for folder in sorted((Path(run_dir) / "tensorboard").glob("*"))[-1:]:
-            columns, stats = stats_from_tensorboard(folder, SB3_STATS_TAGS)
-            write_csv(result_dir / "stats.csv", stats, columns)
+            columns, stats = results.stats(folder, SB3_STATS_TAGS)
+            results.write_csv(result_dir / "stats.csv", stats, columns)
     (result_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

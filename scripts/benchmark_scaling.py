@@ -13,10 +13,11 @@ communication time of one update.
 import argparse
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from rl import results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,27 +29,20 @@ def free_port():
 
 
 def measure(algo, env_id, ranks, steps_per_rank, device, extra):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     with tempfile.TemporaryDirectory() as root:
         run_dir = Path(root) / "run"
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--nnodes=1",
-                   "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "-m", "rl.train",
-                   f"algo={algo}", f"env={env_id}", f"total_timesteps={steps_per_rank * ranks}", f"device={device}",
-                   "eval_episodes=0", "checkpoint_every=0", "progress=false", f"hydra.run.dir={run_dir}", *extra]
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        torchrun = [f"--nproc_per_node={ranks}", "--nnodes=1", "--rdzv_backend=c10d",
+                    f"--rdzv_endpoint=127.0.0.1:{free_port()}"]
+        result = results.train(run_dir, f"algo={algo}", f"env={env_id}", f"total_timesteps={steps_per_rank * ranks}",
+                               f"device={device}", "eval_episodes=0", "checkpoint_every=0", *extra, cwd=REPO,
+                               env={"OMP_NUM_THREADS": "1"}, check=False, torchrun=torchrun)
         if result.returncode != 0:
             sys.exit(f"error: {algo} x{ranks} failed:\n{result.stderr[-3000:]}")
-        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-        events.Reload()
-        tags = events.Tags()["scalars"]
-        sps = events.Scalars("charts/sps")[-1].value
-        steps = events.Scalars("charts/sps")[-1].step
+        logged = results.scalars(run_dir, wall_clock=True)
+        steps, sps = logged["charts/sps"][-1]
         loop = steps / sps
-        communication = sum(e.value for e in events.Scalars("time/communication_seconds")) \
-            if "time/communication_seconds" in tags else 0.0
-        iterations = len(events.Scalars("charts/sps"))
+        communication = sum(value for _, value in logged.get("time/communication_seconds", []))
+        iterations = len(logged["charts/sps"])
         return {"algo": algo, "env": env_id, "ranks": ranks, "steps": steps, "sps": sps, "loop_seconds": loop,
                 "communication_share": communication / loop, "communication_per_update_ms":
                 1000 * communication / iterations}

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rl import results
+
 REPO = Path(__file__).resolve().parent.parent
 FRAMEWORKS = {  # name -> (algo, anchor it is compared with)
     "rl-ppo": ("ppo", "sb3-ppo"),
@@ -48,20 +50,14 @@ def composed_config(algo, env_id, num_envs, steps):
 
 
 def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium", compile=False):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     with tempfile.TemporaryDirectory() as run_dir:
-        subprocess.run([sys.executable, "-m", "rl.train", f"algo={algo}", f"env={env_id}",
-                        f"env.num_envs={num_envs}", f"total_timesteps={steps}", f"device={device}",
-                        f"torch_threads={threads}", f"env.backend={backend}",
-                        *([f"algo.compile={str(compile).lower()}"] if algo == "ppo" else []),
-                        "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", "progress=false",
-                        f"hydra.run.dir={run_dir}"], cwd=REPO, check=True, capture_output=True)
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-        events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
-        events.Reload()
-        rollout = [e.value for e in events.Scalars("time/rollout_seconds")]
-        update = [e.value for e in events.Scalars("time/update_seconds")]
+        results.train(run_dir, f"algo={algo}", f"env={env_id}", f"env.num_envs={num_envs}",
+                      f"total_timesteps={steps}", f"device={device}", f"torch_threads={threads}",
+                      f"env.backend={backend}", *([f"algo.compile={str(compile).lower()}"] if algo == "ppo" else []),
+                      "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", cwd=REPO)
+        summary = results.summary(run_dir)
+        rollout = results.values(run_dir, "time/rollout_seconds")
+        update = results.values(run_dir, "time/update_seconds")
     per_iteration = summary["total_timesteps"] / len(rollout)
     if len(rollout) < 2:
         return summary["total_timesteps"], summary["wall_seconds"], None

@@ -16,12 +16,10 @@ return there, so a late decline can be read against what the updates logged.
 import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_returns import read_curve  # noqa: E402
+from rl import results
 
 COLUMNS = (("eval_return_mean", "final eval"), ("eval_return_last5_mean", "last-5 eval"),
            ("best_eval_return_mean", "best eval"), ("train_return_mean_last100", "train last-100"))
@@ -67,7 +65,7 @@ def table(results, cells=None):
 def read_columns(path):
     """{column: [(step, value), ...]} from a result CSV, empty cells skipped."""
     columns = defaultdict(list)
-    for row in read_curve(path):
+    for row in results.read_csv(path):
         for key, value in row.items():
             if key != "step" and value is not None:
                 columns[key].append((int(row["step"]), value))

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rl import results
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,21 +41,18 @@ def run(command, timeout=None):
 
 def training_sps(algo, num_envs, device, steps, cores):
     """Training-loop SPS (TensorBoard's last charts/sps) of a short run, or an error text."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     vectorization = "async" if 1 < num_envs <= cores else "sync"
     with tempfile.TemporaryDirectory() as root:
         run_dir = Path(root) / "run"
-        result, _ = run([sys.executable, "-m", "rl.train", f"algo={algo}", "env=Hopper-v4", f"env.num_envs={num_envs}",
-                         f"env.vectorization={vectorization}", f"device={device}", f"total_timesteps={steps}",
-                         "eval_episodes=0", "checkpoint_every=0", "progress=false", f"hydra.run.dir={run_dir}"])
+        result = results.train(run_dir, f"algo={algo}", "env=Hopper-v4", f"env.num_envs={num_envs}",
+                               f"env.vectorization={vectorization}", f"device={device}", f"total_timesteps={steps}",
+                               "eval_episodes=0", "checkpoint_every=0", cwd=REPO, env={"PYTHONWARNINGS": "ignore"},
+                               check=False)
         if result.returncode != 0:
             return {"error": result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else "failed"}
-        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-        events.Reload()
-        sps = events.Scalars("charts/sps")[-1].value
-        update = [e.value for e in events.Scalars("time/update_seconds")]
-        rollout = [e.value for e in events.Scalars("time/rollout_seconds")]
+        sps = results.values(run_dir, "charts/sps")[-1]
+        update = results.values(run_dir, "time/update_seconds")
+        rollout = results.values(run_dir, "time/rollout_seconds")
         return {"sps": sps, "vectorization": vectorization, "update_s": sum(update[1:]) / max(len(update) - 1, 1),
                 "rollout_s": sum(rollout[1:]) / max(len(rollout) - 1, 1)}
 

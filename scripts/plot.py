@@ -14,14 +14,12 @@ Seeds of a cell are put on one step grid by linear interpolation, inside the ste
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_returns import curve_from_tensorboard, read_curve  # noqa: E402
+from rl import results
 
 
 def find_curves(paths):
@@ -33,7 +31,7 @@ def find_curves(paths):
             summary_path = csv_path.parent / "summary.json"
             if summary_path.exists():
                 summary = json.loads(summary_path.read_text())
-                curves[(summary["env"], summary.get("cell", summary["algo"]))].append(read_curve(csv_path))
+                curves[(summary["env"], summary.get("cell", summary["algo"]))].append(results.read_csv(csv_path))
         for config_path in sorted(root.rglob(".hydra/config.yaml")):
             run_dir = config_path.parent.parent
             if (run_dir / "curve.csv").exists() or not (any(run_dir.glob("events.out.tfevents.*")) or
@@ -43,7 +41,7 @@ def find_curves(paths):
 
             config = OmegaConf.load(config_path)
             curves[(config.env.id, config.algo.name)].append(
-                [{k: (None if v == "" else v) for k, v in row.items()} for row in curve_from_tensorboard(run_dir)])
+                [{k: (None if v == "" else v) for k, v in row.items()} for row in results.curve(run_dir)])
     return curves
 
 

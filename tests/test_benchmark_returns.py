@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rl import results
 from tests import scripts_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,9 +60,8 @@ def test_curve_matches_the_runs_tensorboard_and_summary(matrix):
     assert list(rows[0]) == ["step", "train_return", "eval_return", "eval_return_std", "train_length", "eval_length"]
     assert [int(r["step"]) for r in rows] == [256 * i for i in range(1, 9)]
 
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    evaluations = {e.step: e.value for e in events.Scalars("eval/return")}
+    evaluations = dict(tensorboard_scalars(run_dir, "eval/return"))
+    training = tensorboard_scalars(run_dir, "charts/episodic_return")
     assert sorted(evaluations) == [512, 1024, 1536, 2048]
     for row in rows:
         step = int(row["step"])
@@ -69,7 +69,7 @@ def test_curve_matches_the_runs_tensorboard_and_summary(matrix):
             assert float(row["eval_return"]) == pytest.approx(evaluations[step], rel=1e-5)
         else:
             assert row["eval_return"] == ""
-        episodes = [e.value for e in events.Scalars("charts/episodic_return") if e.step == step]
+        episodes = [value for at, value in training if at == step]
         if episodes:
             assert float(row["train_return"]) == pytest.approx(sum(episodes) / len(episodes), rel=1e-5)
         # CartPole pays 1 per step, so an episode's length is its return: an independent check of the lengths
@@ -96,10 +96,7 @@ def test_a_second_invocation_skips_what_is_done(matrix):
 def test_a_run_stopped_midway_is_resumed(tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
     run_dir = runs / "CartPole-v1" / "ppo-half" / "seed3"
-    stopped = subprocess.run([sys.executable, "-m", "rl.train", "seed=3", *OVERRIDES, "stop_after_steps=1024",
-                              "progress=false", f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True, text=True,
-                             timeout=1200)
-    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    results.train(run_dir, "seed=3", *OVERRIDES, "stop_after_steps=1024", cwd=REPO, timeout=1200)
     log = run_runner("--envs", "CartPole-v1", "--algos", "ppo", "--seeds", "3", "--name", "half", "--out", str(out),
                      "--runs-dir", str(runs), *OVERRIDES)
     assert "start CartPole-v1/ppo-half/seed3 (resuming)" in log
@@ -117,6 +114,7 @@ def test_matrix_file_orders_jobs_seed_first(tmp_path):
 
 
 def tensorboard_scalars(run_dir, tag):
+    """TensorBoard's own reader, not rl.results (which the runner uses): the independent side of the checks."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return [(e.step, e.value) for e in events.Scalars(tag)]

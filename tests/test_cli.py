@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.reproducibility.runs import folder_digest
+from rl import results
+from tests.reproducibility.runs import folder_digest, run_all
 from tests.test_configs import refusal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,22 +25,13 @@ SCALAR_TAGS = {"charts/episodic_return", "charts/episodic_length", "charts/sps",
                "eval/return"}
 
 
-def command(run_dir, *overrides):
-    return [sys.executable, "-m", "rl.train", *overrides, f"hydra.run.dir={run_dir}"]
+HANG = 1200  # only a hang trips this, even on a loaded machine
 
 
-def run_train(run_dir, *overrides, timeout=1200):
-    result = subprocess.run(command(run_dir, *overrides, "progress=false"), cwd=REPO, capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
+def run_train(run_dir, *overrides, cwd=REPO):
+    result = results.train(run_dir, *overrides, cwd=cwd, timeout=HANG)
     assert "Traceback" not in result.stderr
     return result
-
-
-def read_events(run_dir):
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
-    events.Reload()
-    return events
 
 
 def test_ppo_hopper_run_writes_summary_config_and_tensorboard(tmp_path):
@@ -59,7 +50,7 @@ def test_ppo_hopper_run_writes_summary_config_and_tensorboard(tmp_path):
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert config.env.id == "Hopper-v4" and config.algo.name == "ppo" and config.algo.num_steps == 2048
 
-    events = read_events(run_dir)
+    events = results.events(run_dir)
     assert SCALAR_TAGS <= set(events.Tags()["scalars"])
     text_tags = [tag for tag in events.Tags()["tensors"] if tag.startswith("config")]
     assert text_tags, events.Tags()
@@ -95,11 +86,8 @@ def test_user_config_dir_adds_an_env_without_touching_the_package(tmp_path):
     user_configs.mkdir(parents=True)
     (user_configs / "MyPole.yaml").write_text("defaults:\n  - common\n  - _self_\n\nid: CartPole-v1\nnum_envs: 2\n")
     run_dir = tmp_path / "mypole"
-    result = subprocess.run([sys.executable, "-m", "rl.train", "--config-dir", str(tmp_path / "my_configs"),
-                             "env=MyPole", "algo.num_steps=64", "total_timesteps=256", "eval_episodes=1",
-                             "progress=false", f"hydra.run.dir={run_dir}"], cwd=REPO, capture_output=True,
-                            text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_train(run_dir, "--config-dir", str(tmp_path / "my_configs"), "env=MyPole", "algo.num_steps=64",
+              "total_timesteps=256", "eval_episodes=1")
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert config.env.id == "CartPole-v1" and config.env.num_envs == 2
     assert json.loads((run_dir / "summary.json").read_text())["total_timesteps"] == 256
@@ -159,28 +147,7 @@ END_TO_END = ("unknown_env_config", "unknown_algo", "unknown_key", "resume_missi
 def bad_runs(tmp_path_factory):
     """The end-to-end bad-input runs, two at a time (a loaded 2-core machine must not time out), each unhurried."""
     root = tmp_path_factory.mktemp("bad")
-    jobs = {name: command(root / name, *BAD_INPUTS[name][0]) for name in END_TO_END}
-    return run_bounded(jobs)
-
-
-def run_bounded(jobs, parallel=2, timeout=1200):
-    """Run {name: argv} at most `parallel` at a time. The timeout only stops a hang: it is far above what
-    any of these needs even on a busy machine. Returns {name: (returncode, stdout, stderr)}."""
-    results, pending, running = {}, list(jobs.items()), []
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, argv = pending.pop(0)
-            running.append((name, subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                   text=True)))
-        name, process = running.pop(0)
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        results[name] = (process.returncode, stdout, stderr)
-    return results
+    return run_all({name: (root / name, BAD_INPUTS[name][0]) for name in END_TO_END})
 
 
 @pytest.mark.parametrize("name", END_TO_END)
@@ -216,8 +183,7 @@ def test_new_run_into_an_existing_run_folder_is_refused_without_touching_it(trpo
     run_dir = tmp_path / "taken"
     shutil.copytree(trpo_hopper[0], run_dir)
     before = folder_digest(run_dir)
-    result = subprocess.run(command(run_dir, "total_timesteps=512", "seed=9"), cwd=REPO, capture_output=True,
-                            text=True, timeout=1200)
+    result = results.train(run_dir, "total_timesteps=512", "seed=9", cwd=REPO, timeout=HANG, check=False)
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert folder_digest(run_dir) == before
 
@@ -272,13 +238,11 @@ def test_resume_accepts_the_repeated_command_line_and_names_what_would_change(tm
     run_dir = tmp_path / "again"
     original = ["algo=ppo", "env=CartPole-v1", "seed=5", "algo.clip_coef=0.3", "total_timesteps=1024"]
     run_train(run_dir, *original, "stop_after_steps=512", "eval_episodes=0")
-    changed = subprocess.run([sys.executable, "-m", "rl.train", *original[:3], "algo.clip_coef=0.25",
-                              f"resume={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    changed = results.train(None, *original[:3], "algo.clip_coef=0.25", f"resume={run_dir}", cwd=REPO,
+                            timeout=HANG, check=False)
     assert changed.returncode == 2 and "algo.clip_coef" in changed.stderr and "0.3" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
-    again = subprocess.run([sys.executable, "-m", "rl.train", *original, "eval_episodes=0", "progress=false",
-                            f"resume={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=1200)
-    assert again.returncode == 0, again.stderr[-2000:]
+    run_train(None, *original, "eval_episodes=0", f"resume={run_dir}")
     assert json.loads((run_dir / "summary.json").read_text())["total_timesteps"] == 1024
 
 
@@ -307,11 +271,8 @@ gym.register("Maze-v0", entry_point=Maze, max_episode_steps=20)
 def test_users_own_env_module_trains_from_the_current_directory(tmp_path, vectorization):
     (tmp_path / "my_envs.py").write_text(MAZE_MODULE)
     run_dir = tmp_path / "maze"
-    result = subprocess.run([sys.executable, "-m", "rl.train", "env=generic", "env.id=my_envs:Maze-v0",
-                             "env.num_envs=2", f"env.vectorization={vectorization}", "algo.num_steps=64",
-                             "total_timesteps=256", "eval_episodes=2", "progress=false", f"hydra.run.dir={run_dir}"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_train(run_dir, "env=generic", "env.id=my_envs:Maze-v0", "env.num_envs=2", f"env.vectorization={vectorization}",
+              "algo.num_steps=64", "total_timesteps=256", "eval_episodes=2", cwd=tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env"] == "my_envs:Maze-v0" and summary["eval_return_mean"] <= 20.0  # reward <= 1 a step
 
@@ -319,7 +280,7 @@ def test_users_own_env_module_trains_from_the_current_directory(tmp_path, vector
 def test_a_folder_named_rl_in_the_current_directory_does_not_shadow_the_package(tmp_path):
     (tmp_path / "rl" / "configs").mkdir(parents=True)  # e.g. the clone itself, seen from its parent folder
     result = subprocess.run([sys.executable, "-c", "import rl; print(rl.load.__module__)"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=1200)
+                            capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0 and result.stdout.strip() == "rl", result.stderr
 
 
@@ -349,18 +310,16 @@ print("loaded", policy.observation_space, policy.action_space)
 def test_a_run_whose_env_module_is_gone_still_loads_and_is_bounded_and_only_evaluating_it_refuses(tmp_path):
     (tmp_path / "my_envs.py").write_text(MAZE_MODULE)
     run_dir = tmp_path / "maze"
-    result = subprocess.run([sys.executable, "-m", "rl.train", "env=generic", "env.id=my_envs:Maze-v0",
-                             "algo.num_steps=64", "total_timesteps=128", "eval_episodes=0", "progress=false",
-                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_train(run_dir, "env=generic", "env.id=my_envs:Maze-v0", "algo.num_steps=64", "total_timesteps=128",
+              "eval_episodes=0", cwd=tmp_path)
     (tmp_path / "my_envs.py").unlink()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     loaded = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_THE_ENV, str(run_dir)], cwd=elsewhere,
-                            capture_output=True, text=True, timeout=1200)
+                            capture_output=True, text=True, timeout=HANG)
     assert loaded.returncode == 0 and "loaded Box(-1.0, 1.0, (2,), float32) Discrete(2)" in loaded.stdout, \
         loaded.stderr[-2000:]
     evaluated = subprocess.run([sys.executable, "-m", "rl.evaluate", str(run_dir)], cwd=elsewhere,
-                               capture_output=True, text=True, timeout=1200)
+                               capture_output=True, text=True, timeout=HANG)
     lines = [line for line in evaluated.stderr.splitlines() if line.strip()]
     assert evaluated.returncode == 2 and len(lines) == 1 and "my_envs:Maze-v0" in lines[0], evaluated.stderr

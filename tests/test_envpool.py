@@ -10,8 +10,9 @@ import torch
 
 from rl.envs import make_vector_env
 from rl.policy import Agent
+from rl.results import scalars
 from rl.rollout import Collector
-from tests.reproducibility.runs import final_parameters, run_all, same_parameters, scalars
+from tests.reproducibility.runs import final_parameters, run_all, same_parameters
 from tests.test_configs import refusal
 
 NUM_ENVS, NUM_STEPS, LIMIT = 4, 128, 20  # a random policy ends about half its episodes before 20 steps

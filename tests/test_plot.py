@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rl import results
 from tests import scripts_path
 
 plot = scripts_path.script("plot")
@@ -74,10 +75,7 @@ def test_plot_writes_a_png_with_a_panel_per_env_and_a_line_per_cell(tmp_path):
 
 def test_plot_reads_run_folders_through_their_tensorboard_files(tmp_path):
     run_dir = tmp_path / "runs" / "one"
-    train = subprocess.run([sys.executable, "-m", "rl.train", "total_timesteps=1024", "eval_every=1",
-                            "eval_episodes=2", "progress=false", f"hydra.run.dir={run_dir}"], cwd=REPO,
-                           capture_output=True, text=True, timeout=1200)
-    assert train.returncode == 0, train.stderr[-2000:]
+    results.train(run_dir, "total_timesteps=1024", "eval_every=1", "eval_episodes=2", cwd=REPO, timeout=1200)
     curves = plot.find_curves([tmp_path / "runs"])
     assert list(curves) == [("CartPole-v1", "ppo")]
     (rows,) = curves[("CartPole-v1", "ppo")]

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from torch.distributions import kl_divergence
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from rl import results
 from rl.algos import trpo
 from rl.fisher import FISHER_VECTOR_PRODUCTS
 from rl.rollout import Batch
@@ -202,24 +203,16 @@ def test_fvp_subsample_uses_a_share_of_the_batch():
 
 @pytest.mark.slow
 def test_cli_trpo_hopper_keeps_every_step_inside_the_trust_region(tmp_path):
-    import subprocess
-    import sys
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     run_dir = tmp_path / "hopper"
-    result = subprocess.run([sys.executable, "-m", "rl.train", "algo=trpo", "env=Hopper-v4", "total_timesteps=20480",
-                             "eval_episodes=2", "progress=false", f"hydra.run.dir={run_dir}"],
-                            cwd=CONFIGS.parents[1], capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    kls = [e.value for e in events.Scalars("trpo/kl")]
-    steps = [e.value for e in events.Scalars("trpo/line_search_steps")]
+    results.train(run_dir, "algo=trpo", "env=Hopper-v4", "total_timesteps=20480", "eval_episodes=2",
+                  cwd=CONFIGS.parents[1], timeout=1200)
+    logged = results.scalars(run_dir, wall_clock=True)
+    kls = [value for _, value in logged["trpo/kl"]]
+    steps = [value for _, value in logged["trpo/line_search_steps"]]
     assert len(kls) == 20480 // 2048
     assert all(kl <= 0.01 for kl in kls), kls
     assert any(s >= 0 for s in steps) and all(kl > 0 for kl, s in zip(kls, steps) if s >= 0)
     for tag in ("trpo/surrogate_improvement", "trpo/expected_improvement", "trpo/step_norm", "trpo/cg_residual",
                 "trpo/cg_iterations", "losses/value_loss", "losses/entropy", "losses/explained_variance",
                 "charts/episodic_return", "charts/sps", "time/rollout_seconds", "time/update_seconds"):
-        assert events.Scalars(tag), tag
+        assert logged.get(tag), tag

@@ -1,23 +1,16 @@
 """Shared pieces of the fault-injection suite: launching runs that are meant to fail, and reading what they left."""
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from rl import checkpoint
+from rl import checkpoint, results
 
 REPO = Path(__file__).resolve().parents[2]
 FAULTY = "tests.faults.faulty_env:Faulty-v0"
 # A hang-only limit: far above what any of these runs needs on a loaded machine, so only a real hang trips it.
 HANG = 900
-
-
-def train_command(run_dir, *overrides):
-    return [sys.executable, "-m", "rl.train", f"hydra.run.dir={run_dir}", "progress=false", *overrides]
 
 
 def faulty_overrides(fault, *extra, seed=1, fault_env=1, fault_after=0, marker=None, algo="ppo", num_envs=2,
@@ -39,8 +32,7 @@ def faulty_overrides(fault, *extra, seed=1, fault_env=1, fault_after=0, marker=N
 def run(argv, preexec_fn=None):
     """Run to the end (or the hang limit). Returns (returncode, stdout, stderr, seconds)."""
     start = time.monotonic()
-    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=HANG, preexec_fn=preexec_fn,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = results.run(argv, cwd=REPO, timeout=HANG, preexec_fn=preexec_fn)
     return result.returncode, result.stdout, result.stderr, time.monotonic() - start
 
 

@@ -3,23 +3,21 @@ left behind, the last checkpoint intact, and a resume that works once the env is
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 import torch
 
+from rl.results import train_command
 from tests.faults.conftest import (
     HANG,
-    REPO,
     faulty_overrides,
     latest_state,
     leftover_processes,
     one_error_line,
     run,
-    train_command,
 )
-from tests.reproducibility.runs import wait_for_checkpoint
+from tests.reproducibility.runs import launch, wait_for_checkpoint
 
 
 @pytest.mark.parametrize("vectorization", ["sync", "async"])
@@ -48,8 +46,7 @@ def test_a_sigterm_during_the_clean_up_of_a_failed_run_does_not_swallow_its_line
     run_dir, closing = tmp_path / "sigterm", tmp_path / "closing"
     overrides = faulty_overrides("raise", "total_timesteps=1024", f"+env.kwargs.close_marker={closing}",
                                  fault_after=100)
-    process = subprocess.Popen(train_command(run_dir, *overrides), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = launch(run_dir, *overrides)
     try:
         deadline = time.monotonic() + HANG
         while not closing.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -67,8 +64,7 @@ def test_a_sigterm_during_the_clean_up_of_a_failed_run_does_not_swallow_its_line
 def test_a_killed_worker_ends_the_run_in_bounded_time(tmp_path):
     run_dir = tmp_path / "killed"
     overrides = faulty_overrides("none", "total_timesteps=200000", vectorization="async", num_envs=3)
-    process = subprocess.Popen(train_command(run_dir, *overrides), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = launch(run_dir, *overrides)
     try:
         wait_for_checkpoint(process, run_dir)
         workers = [pid for pid in leftover_processes(str(run_dir)) if pid != process.pid]

@@ -4,8 +4,6 @@ devices."""
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -14,24 +12,22 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn.utils import parameters_to_vector
 
-from rl import train
+from rl import results, train
 from rl.algos import ppo, trpo
 from rl.cg import conjugate_gradient
 from rl.envs import make_vector_env
 from rl.fisher import FISHER_VECTOR_PRODUCTS
 from rl.policy import Agent
+from rl.results import scalars
 from rl.rollout import Batch, Collector
-from tests.reproducibility.runs import final_parameters, same_parameters, scalars
+from tests.reproducibility.runs import final_parameters, same_parameters
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "algo"
 
 
 def run_train(run_dir, *overrides):
-    result = subprocess.run([sys.executable, "-m", "rl.train", f"hydra.run.dir={run_dir}", "progress=false",
-                             *overrides], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return results.train(run_dir, *overrides, cwd=REPO, timeout=900)
 
 
 @pytest.mark.parametrize("algo", ["ppo", "trpo", "npg"])

@@ -1,35 +1,32 @@
-"""Launching real `python -m rl.train` processes and reading back what they wrote."""
+"""Real `python -m rl.train` processes for the tests (launched through rl.results), and what they wrote."""
 
 import hashlib
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rl import results
 
 REPO = Path(__file__).resolve().parents[2]
-WALL_CLOCK_TAGS = ("charts/sps", "time/")
 
 # Short CartPole runs: PPO iterations are 8 envs x 32 steps, TRPO/NPG 4 envs x 256 steps.
 BUDGET = {"ppo": 5120, "trpo": 6144, "npg": 6144}
 ITERATION = {"ppo": 256, "trpo": 1024, "npg": 1024}
 
 
-def command(run_dir, *overrides):
-    return [sys.executable, "-m", "rl.train", f"hydra.run.dir={run_dir}", "progress=false", *overrides]
-
-
 def launch(run_dir, *overrides):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(command(run_dir, *overrides), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return results.start(results.train_command(run_dir, *overrides), cwd=REPO)
 
 
 def finish(process, timeout=1200):
-    out, err = process.communicate(timeout=timeout)
+    """Wait for `process` (the timeout only stops a hang) and return (returncode, stdout, stderr)."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     return process.returncode, out, err
 
 
@@ -44,22 +41,14 @@ def wait_for_checkpoint(process, run_dir, timeout=900):
 
 def run_all(jobs, parallel=2):
     """Run {name: (run_dir, overrides)} two at a time (the CI machine has 2 cores). Returns {name: (rc, out, err)}."""
-    results, pending, running = {}, list(jobs.items()), []
+    done, pending, running = {}, list(jobs.items()), []
     while pending or running:
         while pending and len(running) < parallel:
             name, (run_dir, overrides) = pending.pop(0)
             running.append((name, launch(run_dir, *overrides)))
         name, process = running.pop(0)
-        results[name] = finish(process)
-    return results
-
-
-def scalars(run_dir):
-    """Every logged scalar except wall-clock ones: {tag: [(step, value), ...]}."""
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
-            if not tag.startswith(WALL_CLOCK_TAGS)}
+        done[name] = finish(process)
+    return done
 
 
 def final_parameters(run_dir):

@@ -13,6 +13,7 @@ import torch
 
 import rl
 from rl import checkpoint
+from rl.results import scalars
 from tests.reproducibility.runs import (
     final_parameters,
     finish,
@@ -20,7 +21,6 @@ from tests.reproducibility.runs import (
     launch,
     run_all,
     same_parameters,
-    scalars,
     wait_for_checkpoint,
 )
 

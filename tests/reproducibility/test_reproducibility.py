@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reproducibility.runs import BUDGET, ITERATION, final_parameters, run_all, same_parameters, scalars
+from rl.results import scalars
+from tests.reproducibility.runs import BUDGET, ITERATION, final_parameters, run_all, same_parameters
 
 ALGOS = ("ppo", "trpo", "npg")
 
