@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import rl
+from rl import results
 from rl.evaluate import main as evaluate_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,9 +24,8 @@ def run(*args, env=None):
 @pytest.fixture(scope="module")
 def cartpole_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("evaluate") / "cartpole"
-    result = run("-m", "rl.train", "total_timesteps=4096", "eval_every=4", "eval_episodes=4", "checkpoint_every=4",
-                 "progress=false", f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-2000:]
+    results.train(run_dir, "total_timesteps=4096", "eval_every=4", "eval_episodes=4", "checkpoint_every=4", cwd=REPO,
+                  timeout=1200)
     return run_dir
 
 
@@ -44,9 +44,31 @@ def evaluate_here(capsys, *argv):
     return code, out, err
 
 
+def greedy_returns(run_dir, env_id, seeds):
+    """An episode loop of its own: one plain gymnasium env per seed, the saved actor's arg-max action on the
+    saved normalization of each observation, no rl.evaluate code."""
+    policy = rl.load(run_dir)
+    returns = []
+    for seed in seeds:
+        env = gym.make(env_id)
+        obs, _ = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            with torch.no_grad():
+                normalized = policy.agent.obs_normalizer(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
+                action = int(policy.agent.actor(normalized)[0].argmax())
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    return returns
+
+
 def test_latest_checkpoint_reproduces_the_runs_final_evaluation(cartpole_run):
     summary = json.loads((cartpole_run / "summary.json").read_text())
     stdout, record = evaluate_cli(cartpole_run, "episodes=4")
+    # The seeds training's evaluations use (seed + 10000 + i), played by a loop that shares no code with either.
+    assert record["returns"] == greedy_returns(cartpole_run, "CartPole-v1", [summary["seed"] + 10_000 + i
+                                                                            for i in range(4)])
     assert record["return_mean"] == summary["eval_return_mean"]
     assert record["global_step"] == summary["total_timesteps"] and record["checkpoint"] == "step_000000004096.pt"
     assert record["lengths"] == record["returns"]  # CartPole pays 1 a step
@@ -106,9 +128,8 @@ def test_missing_run_folder_is_one_line(tmp_path):
 
 def test_video_of_a_mujoco_policy_is_written_headless(tmp_path):
     run_dir = tmp_path / "hopper"
-    trained = run("-m", "rl.train", "algo=trpo", "env=Hopper-v4", "total_timesteps=2048", "eval_episodes=1",
-                  "progress=false", f"hydra.run.dir={run_dir}")
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    results.train(run_dir, "algo=trpo", "env=Hopper-v4", "total_timesteps=2048", "eval_episodes=1", cwd=REPO,
+                  timeout=1200)
     env = {key: value for key, value in __import__("os").environ.items() if key != "MUJOCO_GL"}
     result = run("-m", "rl.evaluate", str(run_dir), "video=true", "episodes=2", "video_episodes=1", env=env)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,15 +1,16 @@
 """scripts/policy_drift.py: swapping weights and observation statistics between two checkpoints of a run."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions import Normal, kl_divergence
 
+import rl
+from rl import results
 from tests import scripts_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,18 +23,36 @@ STEPS = (400, 800)
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("drift") / "run"
-    subprocess.run([sys.executable, "-m", "rl.train", "algo=trpo", "env=generic", "env.id=Pendulum-v1",
-                    "env.normalize_observations=true", "algo.num_steps=200", "total_timesteps=800",
-                    "checkpoint_every=1", "checkpoint_keep=10", "eval_every=1", "eval_episodes=2",
-                    "progress=false", f"hydra.run.dir={folder}"],
-                   cwd=REPO, check=True, capture_output=True, timeout=1200)
+    results.train(folder, "algo=trpo", "env=generic", "env.id=Pendulum-v1", "env.normalize_observations=true",
+                  "algo.num_steps=200", "total_timesteps=800", "checkpoint_every=1", "checkpoint_keep=10",
+                  "eval_every=1", "eval_episodes=2", cwd=REPO, timeout=1200)
     return folder
 
 
 def logged_evaluations(run_dir):
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in ("eval/return", "eval/length")}
+    logged = results.scalars(run_dir)
+    return {tag: dict(logged[tag]) for tag in ("eval/return", "eval/length")}
+
+
+def mean_action_returns(run_dir, step, seeds):
+    """An episode loop of its own on plain Pendulum envs: the checkpoint's statistics applied by hand, the
+    Gaussian's mean, clipped to the action bounds; no rl.evaluate or policy_drift code."""
+    agent = rl.load(run_dir, checkpoint=step).agent
+    stats = agent.obs_normalizer.stats
+    returns = []
+    for seed in seeds:
+        env = gym.make("Pendulum-v1")
+        obs, _ = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            raw = torch.as_tensor(obs, dtype=torch.float32)
+            normalized = ((raw - stats.mean) / torch.sqrt(stats.var + 1e-8)).clamp(-10, 10).float()
+            with torch.no_grad():
+                mean = agent.actor.net(normalized.unsqueeze(0))[0].numpy()
+            obs, reward, terminated, truncated, _ = env.step(np.clip(mean, -2.0, 2.0))
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    return returns
 
 
 def test_own_weights_and_statistics_reproduce_the_runs_evaluations(run_dir, tmp_path):
@@ -43,6 +62,8 @@ def test_own_weights_and_statistics_reproduce_the_runs_evaluations(run_dir, tmp_
     logged = logged_evaluations(run_dir)
     for name, step in (("weights a, statistics a", STEPS[0]), ("weights b, statistics b", STEPS[1])):
         row = result["evaluations"][name]
+        # training's evaluation seeds: seed (1) + 10000 + i
+        assert row["return"] == pytest.approx(np.mean(mean_action_returns(run_dir, step, [10_001, 10_002])), rel=1e-5)
         assert row["return"] == pytest.approx(logged["eval/return"][step], rel=1e-5)
         assert row["length"] == pytest.approx(logged["eval/length"][step])
         assert row["return_per_step"] == pytest.approx(row["return"] / row["length"])
