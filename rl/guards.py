@@ -3,6 +3,8 @@
 A run stops at the first one with a message naming where it came from; it never writes it to a checkpoint.
 """
 
+import copy
+
 import numpy as np
 import torch
 
@@ -52,6 +54,26 @@ def first_non_finite(agent, optimizers, metrics):
         if not _all_finite(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)):
             return f"the {name} optimizer's state"
     return None
+
+
+def guarded_update(agent, optimizers, update, nan_policy, where):
+    """`update()`'s metrics and whether it was undone. An update that leaves a NaN or inf where it can corrupt
+    the run raises NonFiniteError (naming `where`, e.g. the iteration), or with `nan_policy=skip_update` is
+    undone: weights and optimizer states as before it, its non-finite metrics dropped."""
+    before = None
+    if nan_policy == "skip_update":
+        before = (copy.deepcopy(agent.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers.values()])
+    metrics = update()
+    bad = first_non_finite(agent, optimizers, metrics)
+    if bad is None:
+        return metrics, False
+    if before is None:
+        raise NonFiniteError(f"{where} made {bad} non-finite; nan_policy=skip_update would undo such updates "
+                             "and go on")
+    agent.load_state_dict(before[0])
+    for optimizer, state in zip(optimizers.values(), before[1]):
+        optimizer.load_state_dict(state)
+    return {k: v for k, v in metrics.items() if np.isfinite(v)}, True
 
 
 def _all_finite(tensors):

@@ -126,3 +126,11 @@ def build_agent(cfg, observation_space, action_space):
                  init_log_std=algo.init_log_std, normalize_observations=env.normalize_observations,
                  normalize_rewards=env.normalize_rewards, clip_observations=env.clip_observations,
                  clip_rewards=env.clip_rewards, gamma=algo.gamma, orthogonal_init=algo.orthogonal_init)
+
+
+def sync_acting_copy(agent, acting_agent):
+    """After an update on a GPU learner: normalizer statistics move from the CPU acting copy (which saw the
+    observations) to the learner, network weights the other way."""
+    agent.obs_normalizer.load_state_dict(acting_agent.obs_normalizer.state_dict())
+    agent.reward_scaler.load_state_dict(acting_agent.reward_scaler.state_dict())
+    acting_agent.load_state_dict(agent.state_dict())

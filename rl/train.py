@@ -1,37 +1,26 @@
-"""Entry point: `python -m rl.train [algo=ppo|trpo|npg] [env=<id>] [key=value ...]`.
+"""The training loop: build the parts, then collect -> GAE -> update -> log -> evaluate -> checkpoint.
 
-Only this module knows Hydra. It validates the config, builds the parts and runs the loop:
-collect -> GAE -> update -> log -> evaluate -> checkpoint.
-
-Exit codes: 0 done or stopped with a checkpoint; 2 bad input (nothing started, nothing left behind);
-1 a fault during the run (an env, a NaN, a full disk), with the last checkpoint intact; 130 stopped at
-once by a second Ctrl-C.
+`python -m rl.train [algo=ppo|trpo|npg] [env=<id>] [key=value ...]` runs it through rl.cli, which reads the
+command line (Hydra) and turns what goes wrong into one line and an exit code. Faults end the loop as
+RunFailed with the last checkpoint intact; resume is rl.resume's.
 """
 
-import atexit
 import copy
 import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-import gymnasium as gym
-import hydra
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from rl import checkpoint, distributed, resume, run_folder
+from rl import checkpoint, distributed, resume
 from rl.algos import ALGORITHMS
-from rl.config import CONFIG_DIR, ConfigError, hparam_columns, hparam_values, resolve, validate
-from rl.envs import EnvError, close_vector_env, make_vector_env, quiet_version_warnings
+from rl.config import hparam_columns, hparam_values
+from rl.envs import EnvError, close_vector_env, make_vector_env
 from rl.evaluate import EVAL_SEED_OFFSET, evaluate
 from rl.faults import (
     RanksDiverged,
@@ -44,9 +33,9 @@ from rl.faults import (
     resume_command,
 )
 from rl.files import write_json
-from rl.guards import NonFiniteError, first_non_finite
-from rl.logger import Logger, describe_device, done_line, start_banner
-from rl.policy import build_agent
+from rl.guards import NonFiniteError, guarded_update
+from rl.logger import Logger, describe_device, start_banner
+from rl.policy import build_agent, sync_acting_copy
 from rl.rollout import Collector, flatten, gae
 from rl.trained import write_spaces
 
@@ -83,10 +72,11 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def train(cfg, run_dir, device, resume_state=None):
+def train(cfg, run_dir, device, resume_state=None, stop=None):
     """Train as `cfg` says, writing everything under `run_dir`. Returns the summary dict, or None when the
     run stopped early (signal or `stop_after_steps`) with a checkpoint to resume from, and on ranks other
-    than 0 of a distributed run. A fault raises RunFailed; env workers never outlive the call."""
+    than 0 of a distributed run. A fault raises RunFailed; env workers never outlive the call. `stop`: an
+    installed StopRequest the caller keeps until the process returns (else one for this call alone)."""
     start_time = time.perf_counter()
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
@@ -101,7 +91,7 @@ def train(cfg, run_dir, device, resume_state=None):
     failed = True
     # The signal handlers stay through the clean-up: when a rank dies, torchrun SIGTERMs the others, and one
     # that met the failure first must still get to say what happened rather than die mid-clean-up.
-    with StopRequest() as stop:
+    with nullcontext(stop) if stop is not None else StopRequest() as stop:
         try:
             summary = _train(cfg, run_dir, device, resume_state, envs, start_time, saved, stop)
             failed = False
@@ -170,6 +160,7 @@ def _train(cfg, run_dir, device, resume_state, envs, start_time, saved, stop):
     try:
         stopped = _loop(cfg, parts, progress, logger, stop, save, saved, num_iterations, batch_size, start_time)
         save()
+        stop.finish()
         if stopped:
             if main:
                 print(f"stopped ({stopped}) at step {progress.global_step}; checkpoint saved. Continue with: "
@@ -258,10 +249,8 @@ def _evaluate(cfg, parts, progress, logger, final):
 def iterate(parts, algo_cfg, iteration, num_iterations, global_step, nan_policy):
     """One iteration: anneal, collect, GAE, update. Returns its metrics (with the finished episodes).
 
-    An update that leaves a NaN or inf where it can corrupt the run (a back-propagated loss, a weight, an
-    optimizer's state, the normalizer statistics) raises NonFiniteError, or with `nan_policy=skip_update` is
-    undone (weights and optimizer states as before it) and counted. A diagnostic that is undefined (explained
-    variance of constant returns) is logged as NaN and does not stop the run.
+    A non-finite update stops the run or is undone and counted (rl.guards.guarded_update); a diagnostic that
+    is undefined (explained variance of constant returns) is logged as NaN and does not stop the run.
     """
     agent, optimizers = parts.agent, parts.optimizers
     fraction_left = 1.0 - (iteration - 1) / num_iterations
@@ -274,29 +263,17 @@ def iterate(parts, algo_cfg, iteration, num_iterations, global_step, nan_policy)
     update_start = time.perf_counter()
     advantages, returns = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                               rollout.done, algo_cfg.gamma, algo_cfg.gae_lambda)
-    before = None
-    if nan_policy == "skip_update":
-        before = (copy.deepcopy(agent.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers.values()])
-    metrics = parts.algorithm.update(agent, optimizers, flatten(rollout, advantages, returns), algo_cfg,
-                                     parts.generator, fraction_left)
-    bad = first_non_finite(agent, optimizers, metrics)
-    skipped = 0
-    if bad is not None:
-        if before is None:
-            raise NonFiniteError(f"the {algo_cfg.name} update at iteration {iteration} (global step "
-                                 f"{global_step + rollout.rewards.numel()}) made {bad} non-finite; "
-                                 "nan_policy=skip_update would undo such updates and go on")
-        agent.load_state_dict(before[0])
-        for optimizer, saved in zip(optimizers.values(), before[1]):
-            optimizer.load_state_dict(saved)
-        skipped = 1
-        metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
+    batch = flatten(rollout, advantages, returns)
+    metrics, skipped = guarded_update(
+        agent, optimizers, lambda: parts.algorithm.update(agent, optimizers, batch, algo_cfg, parts.generator,
+                                                          fraction_left), nan_policy,
+        f"the {algo_cfg.name} update at iteration {iteration} (global step {global_step + rollout.rewards.numel()})")
     if parts.acting_agent is not agent:
-        _sync_acting_agent(agent, parts.acting_agent)
+        sync_acting_copy(agent, parts.acting_agent)
     metrics.update({
         "episodes": episodes,
         "charts/learning_rate": next(iter(optimizers.values())).param_groups[0]["lr"],
-        "charts/skipped_updates": skipped,
+        "charts/skipped_updates": int(skipped),
         "time/rollout_seconds": update_start - rollout_start,
         "time/update_seconds": time.perf_counter() - update_start,
     })
@@ -305,107 +282,7 @@ def iterate(parts, algo_cfg, iteration, num_iterations, global_step, nan_policy)
     return metrics
 
 
-def _sync_acting_agent(agent, acting_agent):
-    """Normalizer statistics move from the acting copy to the learner, network weights the other way."""
-    agent.obs_normalizer.load_state_dict(acting_agent.obs_normalizer.state_dict())
-    agent.reward_scaler.load_state_dict(acting_agent.reward_scaler.state_dict())
-    acting_agent.load_state_dict(agent.state_dict())
+if __name__ == "__main__":  # `python -m rl.train`: the command line lives in rl.cli
+    from rl.cli import main
 
-
-def fail(message, exit_code=2):
-    """One line on stderr and the exit code. In a distributed run, bad input is reported by rank 0 alone
-    (every rank finds the same); a fault during the run by each rank that meets it."""
-    if exit_code != 2 or distributed.env_rank() == 0:
-        print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(exit_code)
-
-
-@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
-def _hydra_main(cfg):
-    distributed.initialize()
-    # Rank 0's folder is the run's; the other ranks write nothing of their own.
-    run_dir = distributed.broadcast_object(os.path.abspath(cfg.resume or HydraConfig.get().runtime.output_dir))
-    resume_state = None
-    try:
-        if distributed.is_main():
-            run_folder.take(run_dir, created=True)  # a no-op unless this is Hydra's default folder, new now
-        if cfg.resume:
-            overrides = list(HydraConfig.get().overrides.task)
-            cfg, resume_state = resume.on_rank_zero(resume.load_resume, cfg, overrides)
-        resolve(cfg)
-        summary = train(cfg, run_dir, distributed.use_device(validate(cfg)), resume_state)
-    except (ConfigError, checkpoint.CheckpointError, run_folder.RunFolderError) as error:
-        if distributed.is_main():  # a run that never started: undo what it added to its folder
-            run_folder.release_refused(run_dir)
-        fail(error)
-    except RunFailed as error:
-        fail(f"rank {distributed.rank()}: {error}" if distributed.world_size() > 1 else error, error.exit_code)
-    if summary is not None:
-        print(done_line(summary, run_dir), flush=True)
-
-
-def main():
-    quiet_version_warnings()
-    # A failing async worker's error comes back to us as an exception (one line); gymnasium would also log
-    # it, with its traceback, at ERROR level. Its warnings still show.
-    gym.logger.min_level = gym.logger.ERROR + 1
-    # Hydra prints composition errors (an unknown env or algo config, a bad override) over several
-    # lines and exits 1. We let them raise so they become one line and exit 2, like our own checks.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    resumed, extra = resume.resume_arguments(sys.argv[1:])
-    if resumed and not os.path.isdir(resumed):
-        fail(f"resume={resumed}: no such run directory")
-    run_dirs = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")]
-    sys.argv += extra
-    folder = resumed or (run_dirs[-1] if run_dirs else None)
-    if distributed.requested() and distributed.env_rank() != 0:
-        # Ranks other than 0 of a torchrun job write nothing: rank 0 takes the run folder and tells them
-        # which it is. Hydra gets a scratch folder to create, removed at exit.
-        scratch = tempfile.mkdtemp(prefix="rl-rank-")
-        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
-        folder = None
-    key = "resume" if resumed else "hydra.run.dir"
-    if folder:  # taken before Hydra writes its .hydra/ files into it
-        try:
-            run_folder.take(folder, key)
-            if not resumed and os.path.lexists(checkpoint.checkpoint_dir(folder)):
-                raise run_folder.RunFolderError(f"hydra.run.dir={folder}: already holds a run; continue it with "
-                                                "resume=<dir> or choose another folder")
-        except run_folder.RunFolderError as error:
-            run_folder.release_refused(folder)
-            fail(error)
-    try:
-        _hydra_main()
-    except (HydraException, OmegaConfBaseException) as error:
-        if folder:
-            run_folder.release_refused(folder)
-        fail(describe_hydra_error(error, sys.argv[1:]))
-    except OSError as error:  # Hydra creating its default run folder or writing .hydra/
-        fail(f"{error.filename or 'run folder'}: cannot write ({error.strerror})")
-
-
-def describe_hydra_error(error, arguments):
-    """One line for a Hydra composition or parse error, naming the argument or config at fault."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    text = " ".join(str(error).split("See https://")[0].split())
-    if isinstance(error, OverrideParseException):
-        parser = OverridesParser.create()
-        for argument in (a for a in arguments if not a.startswith("-")):
-            try:
-                parser.parse_overrides([argument])
-            except OverrideParseException:
-                return f"{argument}: not a valid value ({text})"
-    missing = getattr(error, "missing_cfg_file", None)
-    if missing and "/" in missing:
-        group, name = missing.split("/", 1)
-        options = ", ".join(o for o in getattr(error, "options", None) or [] if o != "common")
-        hint = "; for any registered gymnasium id use env=generic env.id=<id>" if group == "env" else ""
-        return f"{group}={name}: no config {missing}.yaml (available: {options}){hint}"
-    return text
-
-
-if __name__ == "__main__":
     main()
