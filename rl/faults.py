@@ -20,21 +20,35 @@ class RunFailed(Exception):
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations; a second signal stops at once."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations; a second signal stops at once.
+    Once the run's work is saved (`finish`), a signal is only noted in `late`: the run's last lines and its
+    exit code then say what it means, never a traceback or a death by the signal."""
 
     def __init__(self):
         self.requested = None
+        self.late = None
+        self.finished = False
         self.previous = {}
 
-    def __enter__(self):
+    def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def finish(self):
+        self.finished = True
+
     def _handle(self, signum, frame):
-        if self.requested is not None:
+        name = signal.Signals(signum).name
+        if self.finished:
+            self.late = self.late or name
+        elif self.requested is not None:
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        else:
+            self.requested = name
+
+    def __enter__(self):
+        return self.install()
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():

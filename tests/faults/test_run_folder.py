@@ -2,27 +2,24 @@
 
 import resource
 import signal
-import subprocess
 import time
 
+from rl.results import train_command
 from tests.faults.conftest import (
     HANG,
-    REPO,
     faulty_overrides,
     latest_state,
     leftover_processes,
     one_error_line,
     run,
-    train_command,
 )
-from tests.reproducibility.runs import folder_digest, wait_for_checkpoint
+from tests.reproducibility.runs import folder_digest, launch, wait_for_checkpoint
 
 LONG = ["total_timesteps=10000000", "checkpoint_every=2", "eval_episodes=0"]  # runs until stopped
 
 
 def start_and_wait_for_checkpoint(run_dir, *overrides):
-    process = subprocess.Popen(train_command(run_dir, *overrides), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = launch(run_dir, *overrides)
     wait_for_checkpoint(process, run_dir)
     return process
 
@@ -116,3 +113,41 @@ def test_folders_that_cannot_be_run_folders_are_one_line_and_leave_nothing(tmp_p
         line = one_error_line(err)
         assert rc == 2 and "hydra.run.dir=" in line and text in line, (name, line)
         assert folder_digest(tmp_path) == before, name
+
+
+def signal_after_line(process, text, signum):
+    """Read `process`'s stdout until a line holds `text`, signal it at once, and return (rc, out, err, sent):
+    `sent` is False when it had already exited (nothing was tested then)."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if text in line:
+            break
+    sent = process.poll() is None
+    if sent:
+        process.send_signal(signum)
+    out, err = process.communicate(timeout=HANG)
+    return process.returncode, "".join(seen) + out, err, sent
+
+
+def test_a_second_ctrl_c_after_the_stop_was_saved_exits_130_in_one_line(tmp_path):
+    run_dir = tmp_path / "late"
+    process = start_and_wait_for_checkpoint(run_dir, *LONG)
+    process.send_signal(signal.SIGINT)
+    rc, out, err, sent = signal_after_line(process, "stopped (SIGINT)", signal.SIGINT)
+    assert "Traceback" not in err and rc in (0, 130), (rc, err[-2000:])  # before: killed by the signal (-2)
+    if rc == 130:
+        line = one_error_line(err)
+        assert "second signal (SIGINT) after the checkpoint was saved" in line and f"resume={run_dir}" in line
+    assert sent or rc == 0
+    assert latest_state(run_dir)["global_step"] > 0  # the stop's checkpoint is whole
+
+
+def test_a_signal_as_the_done_line_prints_leaves_a_complete_run_exiting_0(tmp_path):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        run_dir = tmp_path / signal.Signals(signum).name
+        process = launch(run_dir, "total_timesteps=512", "algo.num_steps=64", "eval_episodes=0")
+        rc, out, err, _ = signal_after_line(process, "done:", signum)
+        # before: a KeyboardInterrupt traceback and -2 (SIGINT), or death by the signal, -15 (SIGTERM)
+        assert rc == 0 and "Traceback" not in err and not err.strip(), (signum, rc, err[-2000:])
+        assert (run_dir / "summary.json").exists()
