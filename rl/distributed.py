@@ -153,27 +153,30 @@ def normalize(values, epsilon=1e-8):
 
 
 def normalize_each(groups, epsilon=1e-8):
-    """`normalize` for each tensor of `groups`, with one collective for all of them."""
+    """`normalize` for each tensor of `groups`, with two collectives for all of them."""
     if _state["world"] == 1:
         return [(values - values.mean()) / (values.std() + epsilon) for values in groups]
-    moments = torch.stack([torch.stack([v.sum(), v.pow(2).sum(), torch.tensor(float(v.numel()), device=v.device)])
-                           for v in groups]).double()
-    results = []
-    for values, (total, total_sq, count) in zip(groups, all_reduce_sum(moments).tolist()):
-        mean = total / count
-        std = max((total_sq - count * mean * mean) / (count - 1), 0.0) ** 0.5
-        results.append((values - mean) / (std + epsilon))
-    return results
+    return [(values - mean) / (var ** 0.5 + epsilon) for values, (mean, var) in zip(groups, global_mean_var(groups))]
+
+
+def global_mean_var(groups):
+    """[(mean, unbiased variance)] of each tensor of `groups` over all ranks' elements, as floats.
+
+    Two passes in float64 (the global mean, then the squared deviations from it): on nearly constant data
+    (critic targets of a solved task) `sum x^2 - (sum x)^2 / n` cancels to zero or below, this does not.
+    """
+    sums = all_reduce_sum(torch.stack([torch.stack([v.detach().double().sum(),
+                                                    torch.tensor(float(v.numel()), dtype=torch.float64,
+                                                                 device=v.device)]) for v in groups]))
+    means = (sums[:, 0] / sums[:, 1]).tolist()
+    squares = all_reduce_sum(torch.stack([(v.detach().double() - mean).pow(2).sum()
+                                          for v, mean in zip(groups, means)])).tolist()
+    return [(mean, square / (count - 1)) for mean, square, count in zip(means, squares, sums[:, 1].tolist())]
 
 
 def explained_variance(predicted, target):
     """1 - Var[target - predicted] / Var[target] over all ranks' samples; NaN when the target is constant."""
-    residual = target - predicted
-    moments = torch.stack([target.sum(), target.pow(2).sum(), residual.sum(), residual.pow(2).sum(),
-                           torch.tensor(float(target.numel()), device=target.device)]).double()
-    t, t2, r, r2, n = all_reduce_sum(moments).tolist()
-    var_target = (t2 - t * t / n) / (n - 1)
-    var_residual = (r2 - r * r / n) / (n - 1)
+    (_, var_target), (_, var_residual) = global_mean_var([target, target - predicted])
     return 1.0 - var_residual / var_target if var_target > 0 else float("nan")
 
 

@@ -96,7 +96,16 @@ def collective_checks(rank):
     values = data[rank, :, 0].clone()
     return {"merged": (stats.count.clone(), stats.mean.clone(), stats.var.clone()),
             "normalized": distributed.normalize(values), "explained": distributed.explained_variance(
-                values * 0.5, values)}
+                values * 0.5, values),
+            "nearly_constant": {dtype: distributed.global_mean_var([nearly_constant(dtype)[rank]])[0]
+                                for dtype in (torch.float32, torch.float64)}}
+
+
+def nearly_constant(dtype):
+    """(WORLD, 500) values of 1e6 + noise of 1e-2 (float64) or 1 (float32, whose spacing at 1e6 is 0.06): the
+    critic targets of a solved task, where sum x^2 - (sum x)^2 / n cancels."""
+    noise = torch.randn(WORLD, 500, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    return (1e6 + noise * (1e-2 if dtype == torch.float64 else 1.0)).to(dtype)
 
 
 def free_port():
@@ -158,6 +167,20 @@ def test_merged_statistics_normalization_and_explained_variance_are_global(ranks
         flat = values.reshape(-1)
         direct = 1 - (flat - 0.5 * flat).var() / flat.var()
         assert rank["collectives"]["explained"] == pytest.approx(direct.item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_global_variance_of_nearly_constant_data_does_not_cancel(ranks, dtype):
+    union = nearly_constant(dtype).reshape(-1)
+    expected_mean, expected_var = union.double().mean().item(), union.double().var().item()
+    for rank in ranks:
+        mean, var = rank["collectives"]["nearly_constant"][dtype]
+        assert mean == pytest.approx(expected_mean, rel=1e-15)
+        assert var == pytest.approx(expected_var, rel=1e-9) and var == pytest.approx(union.var().item(), rel=1e-4)
+    # The one-pass formula the collectives used before, on the same numbers in the data's own precision:
+    total, total_sq, n = union.sum(), union.pow(2).sum(), union.numel()
+    one_pass = ((total_sq - total * total / n) / (n - 1)).item()
+    assert abs(one_pass - expected_var) > 0.5 * expected_var, "this data would not have caught the cancellation"
 
 
 def test_helpers_are_the_identity_with_one_process():
