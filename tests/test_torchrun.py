@@ -5,15 +5,14 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from rl import checkpoint
-from tests.reproducibility.runs import final_parameters, same_parameters, scalars, wait_for_checkpoint
+from rl import checkpoint, results
+from rl.results import scalars
+from tests.reproducibility.runs import final_parameters, same_parameters, wait_for_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 HANG = 900  # only a hang trips this
@@ -25,14 +24,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(*args, nproc=2, extra=()):
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra, "-m", "rl.train",
-            "progress=false", *args]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two ranks on two cores
+
+
+def torchrun(run_dir, *args, nproc=2, extra=()):
+    return results.train_command(run_dir, *args, torchrun=[f"--nproc_per_node={nproc}", *extra])
 
 
 def run(argv, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=HANG, env=env)
+    return results.run(argv, cwd=cwd, env=ONE_THREAD, timeout=HANG)
 
 
 CARTPOLE = ["total_timesteps=4096", "eval_every=2", "eval_episodes=2", "checkpoint_every=2", "seed=3",
@@ -47,22 +47,22 @@ def standalone(port):
 def twice(tmp_path_factory):
     """The same 2-rank run twice, and once stopped halfway then resumed with 2 ranks."""
     root = tmp_path_factory.mktemp("torchrun")
-    results = {}
+    done = {}
     for name, args in (("a", CARTPOLE), ("b", CARTPOLE), ("stopped", [*CARTPOLE, "stop_after_steps=2048"])):
-        results[name] = run(torchrun(f"hydra.run.dir={root / name}", *args, extra=standalone(free_port())), root)
-    results["resumed"] = run(torchrun(f"resume={root / 'stopped'}", extra=standalone(free_port())), root)
-    for name, result in results.items():
+        done[name] = run(torchrun(root / name, *args, extra=standalone(free_port())), root)
+    done["resumed"] = run(torchrun(None, f"resume={root / 'stopped'}", extra=standalone(free_port())), root)
+    for name, result in done.items():
         assert result.returncode == 0, (name, result.stderr[-3000:])
-    return root, results
+    return root, done
 
 
 def test_two_ranks_write_one_run_folder(twice):
-    root, results = twice
+    root, done = twice
     run_dir = root / "a"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["total_timesteps"] == 4096
-    assert "batch        2 processes x 8 envs x 32 steps = 512 steps per iteration" in results["a"].stdout
-    assert results["a"].stdout.count("run folder") == 1  # rank 0 alone speaks
+    assert "batch        2 processes x 8 envs x 32 steps = 512 steps per iteration" in done["a"].stdout
+    assert done["a"].stdout.count("run folder") == 1  # rank 0 alone speaks
     state = checkpoint.load(checkpoint.latest(str(run_dir)))
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert sorted(p.name for p in root.iterdir()) == ["a", "b", "stopped"], "a rank left a folder behind"
@@ -84,7 +84,7 @@ def test_resume_at_the_same_world_size_is_exact(twice):
 
 def test_resume_with_another_world_size_is_one_line(twice):
     root, _ = twice
-    result = run([sys.executable, "-m", "rl.train", f"resume={root / 'a'}", "total_timesteps=8192"], root)
+    result = run(results.train_command(None, f"resume={root / 'a'}", "total_timesteps=8192"), root)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and "made by 2 process(es)" in lines[0], result.stderr
 
@@ -92,11 +92,10 @@ def test_resume_with_another_world_size_is_one_line(twice):
 def test_two_nodes_on_one_machine_train_one_run(tmp_path):
     port = free_port()
     run_dir = tmp_path / "two_nodes"
-    nodes = [subprocess.Popen(torchrun(f"hydra.run.dir={run_dir}", *CARTPOLE, nproc=1,
-                                       extra=["--nnodes=2", f"--node_rank={rank}", "--rdzv_backend=c10d",
-                                              f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=rl-test"]),
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for rank in (0, 1)]
+    nodes = [results.start(torchrun(run_dir, *CARTPOLE, nproc=1,
+                                    extra=["--nnodes=2", f"--node_rank={rank}", "--rdzv_backend=c10d",
+                                           f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=rl-test"]),
+                           cwd=tmp_path, env=ONE_THREAD) for rank in (0, 1)]
     outputs = [node.communicate(timeout=HANG) for node in nodes]
     assert all(node.returncode == 0 for node in nodes), [err[-2000:] for _, err in outputs]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -124,10 +123,8 @@ def ranks_of(launcher_pid):
 
 def test_killing_one_rank_ends_the_job_with_the_last_checkpoint_intact(tmp_path):
     run_dir = tmp_path / "killed"
-    launcher = subprocess.Popen(torchrun(f"hydra.run.dir={run_dir}", "total_timesteps=10000000", "eval_episodes=0",
-                                         "checkpoint_every=2", extra=standalone(free_port())),
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launcher = results.start(torchrun(run_dir, "total_timesteps=10000000", "eval_episodes=0", "checkpoint_every=2",
+                                      extra=standalone(free_port())), cwd=tmp_path, env=ONE_THREAD)
     try:
         wait_for_checkpoint(launcher, run_dir)
         ranks = ranks_of(launcher.pid)
@@ -147,3 +144,26 @@ def test_killing_one_rank_ends_the_job_with_the_last_checkpoint_intact(tmp_path)
     assert "the last checkpoint (step" in ours[0] and "torchrun --nproc_per_node=2 -m rl.train resume=" in ours[0]
     state = checkpoint.load(checkpoint.latest(str(run_dir)))  # intact and sealed
     assert state["global_step"] > 0 and state["world_size"] == 2
+
+
+def test_two_ranks_on_constant_returns_train_to_the_end(tmp_path):
+    run_dir = tmp_path / "constant"
+    result = run(torchrun(run_dir, "algo=ppo", "env=generic", "env.id=tests.faults.faulty_env:Faulty-v0",
+                          "env.num_envs=2", "algo.num_steps=64", "algo.num_minibatches=2", "total_timesteps=1024",
+                          "eval_episodes=0", "+env.kwargs.constant_return=true", extra=standalone(free_port())),
+                 REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["total_timesteps"] == 1024
+    assert len(scalars(run_dir)["losses/explained_variance"]) == 1024 // 256
+
+
+@pytest.mark.slow
+def test_two_rank_ppo_on_cartpole_seed_3_trains_through_the_solved_regime(tmp_path):
+    """The run that died at iteration 118 of 195 when its critic targets became nearly constant (issue 21)."""
+    run_dir = tmp_path / "solved"
+    result = run(torchrun(run_dir, "algo=ppo", "env=CartPole-v1", "device=cpu", "seed=3", "eval_episodes=2",
+                          extra=standalone(free_port())), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["total_timesteps"] == 99_840 and summary["world_size"] == 2
+    assert summary["train_return_mean_last100"] > 400, summary  # it did reach the solved regime

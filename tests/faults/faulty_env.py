@@ -6,7 +6,9 @@ Keyword arguments (`+env.kwargs.<name>=...`):
 - fault_after: it breaks at this step of its life (counted over episodes);
 - marker: it breaks only while this file exists, so a test can mend the env and resume;
 - continuous: a Box action space instead of Discrete(2);
-- close_marker: once broken, close() creates this file, then takes 5 s (a slow clean-up a signal can land in).
+- close_marker: once broken, close() creates this file, then takes 5 s (a slow clean-up a signal can land in);
+- constant_return: every episode is one step that ends (terminated) with reward 1, so every critic target is
+  1 up to rounding: the explained variance of a solved task, undefined or nearly so.
 Otherwise it is a dull task: 4-d random observations, reward = 1 per step, episodes of 50 steps.
 """
 
@@ -20,11 +22,13 @@ import numpy as np
 class Faulty(gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, fault="none", fault_seed=None, fault_after=0, marker=None, continuous=False, close_marker=None):
+    def __init__(self, fault="none", fault_seed=None, fault_after=0, marker=None, continuous=False, close_marker=None,
+                 constant_return=False):
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if continuous else gym.spaces.Discrete(2)
         self.fault, self.fault_seed, self.fault_after, self.marker = fault, fault_seed, fault_after, marker
         self.close_marker = close_marker
+        self.constant_return = constant_return
         self.first_seed = None
         self.steps = 0
         self.t = 0
@@ -55,6 +59,8 @@ class Faulty(gym.Env):
                 os._exit(17)
             if self.fault == "hang":
                 time.sleep(3600)
+        if self.constant_return:
+            return obs, reward, True, False, {}
         return obs, reward, False, self.t >= 50, {}
 
     def close(self):

@@ -1,10 +1,14 @@
 """Updates that blow up: stop with one line and keep the last good checkpoint, or, with
 nan_policy=skip_update, undo them and go on."""
 
-import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+import math
 
-from tests.faults.conftest import latest_state, one_error_line, run, train_command
+import pytest
+import torch
+
+from rl import results
+from rl.results import train_command, values
+from tests.faults.conftest import faulty_overrides, latest_state, one_error_line, run
 
 # Pendulum with a Gaussian policy; a learning rate of 1e30 sends the weights to inf within the first update.
 EXPLODING = ["algo=ppo", "env=Pendulum-v1", "algo.num_steps=64", "algo.num_minibatches=2", "total_timesteps=768",
@@ -24,9 +28,7 @@ def test_skip_update_undoes_non_finite_updates_and_finishes(tmp_path):
     run_dir = tmp_path / "skip"
     rc, out, err, _ = run(train_command(run_dir, *EXPLODING, "nan_policy=skip_update"))
     assert rc == 0, err[-2000:]
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    skipped = [e.value for e in events.Scalars("charts/skipped_updates")]
+    skipped = values(run_dir, "charts/skipped_updates")
     assert skipped == [1.0] * 3  # 768 steps / (4 envs x 64): every update blew up and was undone
     state = latest_state(run_dir)
     assert all(torch.isfinite(t).all() for t in state["agent"].values() if t.is_floating_point())
@@ -37,3 +39,16 @@ def test_skip_update_undoes_non_finite_updates_and_finishes(tmp_path):
     for key, tensor in state["agent"].items():
         if key.startswith(("actor.", "critic.")):
             assert torch.allclose(tensor, fresh["agent"][key], atol=1e-20), key
+
+
+@pytest.mark.parametrize("algo", ["ppo", "trpo"])
+def test_constant_returns_make_explained_variance_undefined_not_fatal(tmp_path, algo):
+    run_dir = tmp_path / algo
+    rc, _, err, _ = run(train_command(run_dir, *faulty_overrides("none", "total_timesteps=1024",
+                                                                 "+env.kwargs.constant_return=true", algo=algo)))
+    assert rc == 0, err[-2000:]
+    assert results.summary(run_dir)["total_timesteps"] == 1024
+    explained = values(run_dir, "losses/explained_variance")
+    assert len(explained) == 1024 // 128
+    # The targets are 1 up to rounding: undefined (NaN) or meaningless, logged either way, never fatal.
+    assert all(math.isnan(v) or v < 0.5 for v in explained), explained
