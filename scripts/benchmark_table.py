@@ -37,12 +37,17 @@ def collect(paths, seeds=None):
     return results
 
 
+def number(value):
+    """Whole numbers for returns in the hundreds and more, one decimal below (Reacher's are about -4)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
 def spread(values):
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     mean = statistics.fmean(values)
-    return f"{mean:,.0f} +/- {statistics.pstdev(values):,.0f}" if len(values) > 1 else f"{mean:,.0f}"
+    return f"{number(mean)} +/- {number(statistics.pstdev(values))}" if len(values) > 1 else number(mean)
 
 
 def table(results, cells=None):
@@ -54,7 +59,7 @@ def table(results, cells=None):
         if cells and cell not in cells:
             continue
         runs = [results[(env, cell)][seed] for seed in sorted(results[(env, cell)])]
-        per_seed = ", ".join(f"{r['seed']}: {r['eval_return_mean']:,.0f}" for r in runs)
+        per_seed = ", ".join(f"{r['seed']}: {number(r['eval_return_mean'])}" for r in runs)
         lines.append(f"| {env} | {cell} | {len(runs)} | " +
                      " | ".join(spread([r.get(key) for r in runs]) for key, _ in COLUMNS) +
                      f" | {statistics.fmean(r['wall_seconds'] for r in runs) / 60:.1f} | "
