@@ -1,6 +1,7 @@
 """The run folder: created where it can be, used by one process at a time, left as it was by a run that
 never started."""
 
+import errno
 import fcntl
 import os
 import shutil
@@ -43,11 +44,12 @@ def release_refused(run_dir):
         return
     before, parents = _taken.pop(path)
     undo(path, before)
-    for parent in parents:
+    for parent in parents:  # deepest first; a path too long for the OS stopped makedirs part of the way
         try:
             os.rmdir(parent)  # only when empty
-        except OSError:
-            break
+        except OSError as error:
+            if error.errno not in (errno.ENOENT, errno.ENAMETOOLONG):  # never made, or not makeable
+                break
 
 
 def prepare(run_dir, key="hydra.run.dir"):

@@ -127,6 +127,7 @@ BAD_INPUTS = {
     "unknown_step_curvature": (["algo=trpo", "algo.step_curvature=sideways"], ["algo.step_curvature"]),
     "env_module_that_does_not_import": (["env=generic", "env.id=no_such_module:Maze-v0"],
                                         ["env.id", "no_such_module"]),
+    "unparsable_override": (["algo.learning_rate=[1,2"], ["algo.learning_rate=[1,2: not a valid value"]),
 }
 try:  # an env whose package is missing must name the env and the install command, not env.kwargs
     import Box2D  # noqa: F401
@@ -140,7 +141,8 @@ except ImportError:
 # cannot be made). The other cases take the validation path, checked in-process below: a process each would
 # add ~5 s of imports and prove nothing more.
 END_TO_END = ("unknown_env_config", "unknown_algo", "unknown_key", "resume_missing_run", "negative_learning_rate",
-              "non_boolean_flag", "added_unknown_top_level_key", "bad_device", "unknown_generic_env_id")
+              "non_boolean_flag", "added_unknown_top_level_key", "bad_device", "unknown_generic_env_id",
+              "unparsable_override")
 
 
 @pytest.fixture(scope="module")

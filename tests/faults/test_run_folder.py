@@ -103,6 +103,9 @@ def bad_folder_cases(tmp_path):
         "existing_file": (existing_file, "exists and is not a folder"),
         "read_only_filesystem": ("/proc/rl-run-folder-test", "cannot create the run folder"),
         "name_too_long": (tmp_path / ("x" * 300), "cannot create the run folder"),
+        # parents that do not exist yet must go again: one, then 24 levels whose whole path is over PATH_MAX
+        "new_parent_and_name_too_long": (tmp_path / "new_parent" / ("x" * 300), "cannot create the run folder"),
+        "path_too_long": (tmp_path / "deep" / "/".join(["y" * 200] * 24), "cannot create the run folder"),
     }
 
 
@@ -113,6 +116,12 @@ def test_folders_that_cannot_be_run_folders_are_one_line_and_leave_nothing(tmp_p
         line = one_error_line(err)
         assert rc == 2 and "hydra.run.dir=" in line and text in line, (name, line)
         assert folder_digest(tmp_path) == before, name
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err, _ = run(train_command(None, f"resume={empty}"))
+    assert rc == 2 and "no checkpoint found" in one_error_line(err)
+    assert list(empty.iterdir()) == [], "the refused resume left something (a .lock) behind"
 
 
 def signal_after_line(process, text, signum):
