@@ -23,7 +23,6 @@ from rl.config import CONFIG_DIR, ConfigError, resolve, validate
 from rl.envs import quiet_version_warnings
 from rl.faults import RunFailed, StopRequest, resume_command
 from rl.logger import done_line
-from rl.train import train
 
 
 def fail(message, exit_code=2):
@@ -34,8 +33,8 @@ def fail(message, exit_code=2):
     sys.exit(exit_code)
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
-def _hydra_main(cfg):
+def run_job(cfg, train):
+    """The job Hydra runs with the composed config: validate, take the folder, `train`, say how it ended."""
     distributed.initialize()
     # Rank 0's folder is the run's; the other ranks write nothing of their own.
     run_dir = distributed.broadcast_object(os.path.abspath(cfg.resume or HydraConfig.get().runtime.output_dir))
@@ -64,7 +63,8 @@ def _hydra_main(cfg):
              f"{resume_command(run_dir)}", 130)
 
 
-def main():
+def main(train):
+    """`python -m rl.train`: rl.train passes its `train` (so this module imports nothing of the loop)."""
     quiet_version_warnings()
     # A failing async worker's error comes back to us as an exception (one line); gymnasium would also log
     # it, with its traceback, at ERROR level. Its warnings still show.
@@ -96,7 +96,8 @@ def main():
             run_folder.release_refused(folder)
             fail(error)
     try:
-        _hydra_main()
+        hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(
+            lambda cfg: run_job(cfg, train))()
     except (HydraException, OmegaConfBaseException) as error:
         if folder:
             run_folder.release_refused(folder)

@@ -285,4 +285,4 @@ def iterate(parts, algo_cfg, iteration, num_iterations, global_step, nan_policy)
 if __name__ == "__main__":  # `python -m rl.train`: the command line lives in rl.cli
     from rl.cli import main
 
-    main()
+    main(train)
