@@ -12,6 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rl import results
 from tests import scripts_path
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = scripts_path.SCRIPTS / "benchmark_returns.py"
 # PPO on CartPole iterates 8 envs x 32 steps: 8 iterations, evaluated at 2, 4, 6, 8.

@@ -69,6 +69,7 @@ def test_ppo_hopper_run_writes_summary_config_and_tensorboard(tmp_path):
     assert all(e.value > 0 for e in events.Scalars("charts/sps"))
 
 
+@pytest.mark.slow
 def test_generic_env_runs_any_registered_id(tmp_path):
     run_dir = tmp_path / "acrobot"
     run_train(run_dir, "env=generic", "env.id=Acrobot-v1", "env.num_envs=2", "algo.num_steps=128",
@@ -81,6 +82,7 @@ def test_generic_env_runs_any_registered_id(tmp_path):
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").env.id == "Acrobot-v1"
 
 
+@pytest.mark.slow
 def test_user_config_dir_adds_an_env_without_touching_the_package(tmp_path):
     user_configs = tmp_path / "my_configs" / "env"
     user_configs.mkdir(parents=True)
@@ -236,6 +238,7 @@ def test_hparams_share_every_algorithms_columns_and_show_booleans_as_words(trpo_
     assert not (run_dir / "tensorboard").exists()  # event files sit in the run folder: runs are named by it
 
 
+@pytest.mark.slow
 def test_resume_accepts_the_repeated_command_line_and_names_what_would_change(tmp_path):
     run_dir = tmp_path / "again"
     original = ["algo=ppo", "env=CartPole-v1", "seed=5", "algo.clip_coef=0.3", "total_timesteps=1024"]
@@ -269,6 +272,7 @@ gym.register("Maze-v0", entry_point=Maze, max_episode_steps=20)
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vectorization", ["sync", "async"])
 def test_users_own_env_module_trains_from_the_current_directory(tmp_path, vectorization):
     (tmp_path / "my_envs.py").write_text(MAZE_MODULE)
@@ -309,6 +313,7 @@ print("loaded", policy.observation_space, policy.action_space)
 '''
 
 
+@pytest.mark.slow
 def test_a_run_whose_env_module_is_gone_still_loads_and_is_bounded_and_only_evaluating_it_refuses(tmp_path):
     (tmp_path / "my_envs.py").write_text(MAZE_MODULE)
     run_dir = tmp_path / "maze"

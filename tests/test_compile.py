@@ -2,6 +2,7 @@
 rounding."""
 
 import gymnasium as gym
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -9,6 +10,8 @@ from rl.algos import ppo
 from rl.policy import Agent
 from rl.rollout import Batch
 from tests.test_trpo import CONFIGS
+
+pytestmark = pytest.mark.slow  # torch.compile takes about a minute on 2 cores
 
 
 def problem(discrete, size=256):

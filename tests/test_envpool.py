@@ -15,6 +15,8 @@ from rl.rollout import Collector
 from tests.reproducibility.runs import final_parameters, run_all, same_parameters
 from tests.test_configs import refusal
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 NUM_ENVS, NUM_STEPS, LIMIT = 4, 128, 20  # a random policy ends about half its episodes before 20 steps
 
 

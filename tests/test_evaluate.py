@@ -126,6 +126,7 @@ def test_missing_run_folder_is_one_line(tmp_path):
     assert result.returncode == 2 and "no such run directory" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_video_of_a_mujoco_policy_is_written_headless(tmp_path):
     run_dir = tmp_path / "hopper"
     results.train(run_dir, "algo=trpo", "env=Hopper-v4", "total_timesteps=2048", "eval_episodes=1", cwd=REPO,

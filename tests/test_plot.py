@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rl import results
 from tests import scripts_path
@@ -73,6 +74,7 @@ def test_plot_writes_a_png_with_a_panel_per_env_and_a_line_per_cell(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_plot_reads_run_folders_through_their_tensorboard_files(tmp_path):
     run_dir = tmp_path / "runs" / "one"
     results.train(run_dir, "total_timesteps=1024", "eval_every=1", "eval_episodes=2", cwd=REPO, timeout=1200)

@@ -13,6 +13,8 @@ import rl
 from rl import results
 from tests import scripts_path
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 REPO = Path(__file__).resolve().parent.parent
 drift = scripts_path.script("policy_drift")
 # TRPO on Pendulum (a Gaussian policy, normalized observations): 200-step iterations, a checkpoint and an

@@ -14,6 +14,8 @@ from rl import checkpoint, results
 from rl.results import scalars
 from tests.reproducibility.runs import final_parameters, same_parameters, wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 REPO = Path(__file__).resolve().parent.parent
 HANG = 900  # only a hang trips this
 

@@ -14,6 +14,8 @@ from rl.trained import checkpoint_size_limit
 from tests.faults.conftest import one_error_line
 from tests.reproducibility.runs import folder_digest, run_all
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

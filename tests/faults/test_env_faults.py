@@ -19,6 +19,8 @@ from tests.faults.conftest import (
 )
 from tests.reproducibility.runs import launch, wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 
 @pytest.mark.parametrize("vectorization", ["sync", "async"])
 def test_a_raising_sub_env_is_named_and_the_run_resumes_once_it_is_mended(tmp_path, marker, vectorization):

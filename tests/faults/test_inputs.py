@@ -10,6 +10,8 @@ from tests.faults.conftest import one_error_line
 from tests.reproducibility.runs import folder_digest, run_all
 from tests.test_configs import refusal
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 CASES = {  # name: (overrides, text the line must contain)
     "infinite_learning_rate": (["algo.learning_rate=inf"], "algo.learning_rate=inf: must be a finite number"),
     "infinite_max_kl": (["algo=trpo", "algo.max_kl=inf"], "algo.max_kl=inf: must be a finite number"),

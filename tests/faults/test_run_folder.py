@@ -4,6 +4,8 @@ import resource
 import signal
 import time
 
+import pytest
+
 from rl.results import train_command
 from tests.faults.conftest import (
     HANG,
@@ -15,6 +17,7 @@ from tests.faults.conftest import (
 )
 from tests.reproducibility.runs import folder_digest, launch, wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
 LONG = ["total_timesteps=10000000", "checkpoint_every=2", "eval_episodes=0"]  # runs until stopped
 
 

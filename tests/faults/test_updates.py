@@ -10,6 +10,8 @@ from rl import results
 from rl.results import train_command, values
 from tests.faults.conftest import faulty_overrides, latest_state, one_error_line, run
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 # Pendulum with a Gaussian policy; a learning rate of 1e30 sends the weights to inf within the first update.
 EXPLODING = ["algo=ppo", "env=Pendulum-v1", "algo.num_steps=64", "algo.num_minibatches=2", "total_timesteps=768",
              "eval_episodes=1", "checkpoint_every=1", "algo.learning_rate=1e30", "algo.anneal_learning_rate=false"]

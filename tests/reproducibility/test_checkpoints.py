@@ -24,6 +24,8 @@ from tests.reproducibility.runs import (
     wait_for_checkpoint,
 )
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 TOTAL = 30720  # 120 PPO iterations on CartPole: long enough to interrupt mid-run
 
 

@@ -18,6 +18,8 @@ import torch
 from rl.results import scalars
 from tests.reproducibility.runs import BUDGET, ITERATION, final_parameters, run_all, same_parameters
 
+pytestmark = pytest.mark.slow  # many end-to-end processes; the full suite (README, CI) runs them
+
 ALGOS = ("ppo", "trpo", "npg")
 
 
