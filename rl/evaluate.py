@@ -88,23 +88,24 @@ class EvaluateError(Exception):
     """A bad argument or a run that cannot be evaluated; the message is one line."""
 
 
-def parse_options(arguments):
-    """`key=value` arguments (YAML values) -> the options dict, defaults filled in."""
+def parse_options(arguments, schema=OPTIONS):
+    """`key=value` arguments (YAML values) -> the options dict, defaults filled in. `schema`: key -> (default,
+    check, what it must be), as OPTIONS (rl.export passes its own)."""
     import yaml
 
-    options = {key: default for key, (default, _, _) in OPTIONS.items()}
+    options = {key: default for key, (default, _, _) in schema.items()}
     for argument in arguments:
         key, equals, text = argument.partition("=")
         if not equals:
-            raise EvaluateError(f"{argument}: expected key=value (keys: {', '.join(OPTIONS)})")
-        if key not in OPTIONS:
-            raise EvaluateError(f"{key}: unknown option (keys: {', '.join(OPTIONS)})")
+            raise EvaluateError(f"{argument}: expected key=value (keys: {', '.join(schema)})")
+        if key not in schema:
+            raise EvaluateError(f"{key}: unknown option (keys: {', '.join(schema)})")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        if not OPTIONS[key][1](value):
-            raise EvaluateError(f"{key}={text}: must be {OPTIONS[key][2]}")
+        if not schema[key][1](value):
+            raise EvaluateError(f"{key}={text}: must be {schema[key][2]}")
         options[key] = value
     return options
 
