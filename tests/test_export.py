@@ -150,3 +150,13 @@ def test_command_line_is_a_real_process(runs, tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0 and "checked on 1000 observations from the env" in done.stdout, done.stderr
     assert out.exists() and Path(f"{out}.json").exists()
+
+
+def test_latency_benchmark_times_every_runtime_at_both_batch_sizes(runs, tmp_path):
+    out = tmp_path / "latency.json"
+    results.run([sys.executable, str(REPO / "scripts" / "benchmark_export.py"), str(runs / "pendulum"), "--calls",
+                 "20", "--json", str(out)], cwd=REPO, timeout=1200, check=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["batch"], r["runtime"]) for r in rows} == {(b, name) for b in (1, 64) for name in
+                                                        ("rl.load().act()", "onnxruntime", "torchscript")}
+    assert all(r["median_us"] > 0 and r["p90_us"] >= r["median_us"] for r in rows)
