@@ -215,19 +215,31 @@ def run(run_dir, options):
     return record
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def command_line(argv, doc, work, schema=OPTIONS, own_errors=()):
+    """The shape `python -m rl.evaluate` and `rl.export` share: help, `<run dir> key=value ...`, and every
+    refusal as one `error:` line. `own_errors`: the tool's exceptions, each with its `exit_code`. Returns
+    (exit code, what `work(run_dir, options)` returned, or None when it did not finish)."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0 if argv else 2
+        print(doc.strip())
+        return (0 if argv else 2), None
     from rl.checkpoint import CheckpointError
 
     quiet_version_warnings()
     try:
-        record = run(argv[0], parse_options(argv[1:]))
+        return 0, work(argv[0], parse_options(argv[1:], schema))
     except (EvaluateError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 2, None
+    except own_errors as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code, None
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    code, record = command_line(argv, __doc__, run)
+    if record is None:
+        return code
     kind = "deterministic" if record["deterministic"] else "stochastic"
     print(f"eval return {record['return_mean']:.1f} +/- {record['return_std']:.1f}, length "
           f"{record['length_mean']:.1f} +/- {record['length_std']:.1f} over {record['episodes']} {kind} episodes "

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rl.evaluate import EvaluateError, parse_options
+from rl.evaluate import EvaluateError, command_line
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 OPTIONS = {  # key -> (default, check, what it must be)
@@ -224,21 +224,9 @@ def export(run_dir, options):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0 if argv else 2
-    from rl.checkpoint import CheckpointError
-    from rl.envs import quiet_version_warnings
-
-    quiet_version_warnings()
-    try:
-        record = export(argv[0], parse_options(argv[1:], OPTIONS))
-    except (EvaluateError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+    code, record = command_line(argv, __doc__, export, OPTIONS, ExportError)
+    if record is None:
+        return code
     checked = record["check"]
     print(f"exported {record['algo']} on {record['env']} ({record['checkpoint']}, step {record['global_step']}) "
           f"as {record['format']} -> {record['file']}; checked on {checked['observations']} observations from "
