@@ -15,19 +15,25 @@ def module_name(path):
 
 
 def imports():
-    """{module: set of the modules it imports (rl's own by module name, others by top-level package)}."""
+    """{module: set of the modules it imports (rl's own by module name, `from rl.x import y` as rl.x.y when y is
+    a module; others by top-level package)}."""
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(path) for path in paths}
     graph = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in paths:
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found |= {alias.name if alias.name.startswith("rl.") else alias.name.split(".")[0]
                           for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                if node.module == "rl":  # from rl import checkpoint, ...
-                    found |= {f"rl.{alias.name}" for alias in node.names}
-                else:
-                    found.add(node.module if node.module.startswith("rl.") else node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path}: a relative import; the house imports absolutely"
+                if node.module.split(".")[0] != "rl":
+                    found.add(node.module.split(".")[0])
+                    continue
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    found.add(submodule if submodule in modules else node.module)
         graph[module_name(path)] = found - {module_name(path)}
     return graph
 
