@@ -37,9 +37,10 @@ def collect(paths, seeds=None):
     return results
 
 
-def number(value):
-    """Whole numbers for returns in the hundreds and more, one decimal below (Reacher's are about -4)."""
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
+def number(value, scale=None):
+    """Whole numbers for returns in the hundreds and more, one decimal below (Reacher's are about -4); `scale`
+    (a mean) picks the format for its spread."""
+    return f"{value:,.0f}" if abs(value if scale is None else scale) >= 100 else f"{value:.1f}"
 
 
 def spread(values):
@@ -47,7 +48,7 @@ def spread(values):
     if not values:
         return "-"
     mean = statistics.fmean(values)
-    return f"{number(mean)} +/- {number(statistics.pstdev(values))}" if len(values) > 1 else number(mean)
+    return f"{number(mean)} +/- {number(statistics.pstdev(values), mean)}" if len(values) > 1 else number(mean)
 
 
 def table(results, cells=None):

@@ -78,17 +78,22 @@ def aligned(seed_curves, points=200):
     return grid, np.stack([np.interp(grid, s, v) for s, v in seed_curves])
 
 
-def plot(curves, out, metric="eval", smooth=10, cells=None, title=None):
+def plot(curves, out, metric="eval", smooth=10, cells=None, title=None, columns=3):
+    """One panel per env, `columns` panels a row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    envs = sorted({env for env, _ in curves})
+    envs = sorted({env for env, cell in curves if not cells or cell in cells})  # envs with a wanted cell
     if not envs:
         raise SystemExit("error: no curves found (curve.csv with summary.json, or run folders)")
-    figure, axes = plt.subplots(1, len(envs), figsize=(max(7.5, 5.5 * len(envs)), 4.3), squeeze=False)
-    for axis, env in zip(axes[0], envs):
+    columns = min(len(envs), columns)
+    rows = -(-len(envs) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(max(7.5, 5.5 * columns), 4.3 * rows), squeeze=False)
+    for axis in axes.flat[len(envs):]:
+        axis.set_visible(False)
+    for axis, env in zip(axes.flat, envs):
         names = [c for env_, c in curves if env_ == env]
         for cell in (cells or sorted(names)):
             if (env, cell) not in curves:
@@ -118,12 +123,13 @@ def main(argv=None):
     parser.add_argument("--smooth", type=int, default=10, help="train metric: moving average over this many points")
     parser.add_argument("--cells", nargs="+", help="only these cells (algos), in this order")
     parser.add_argument("--title")
+    parser.add_argument("--columns", type=int, default=3, help="panels per row")
     args = parser.parse_args(argv)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise SystemExit('error: plotting needs matplotlib: pip install -e ".[plot]"') from None
-    plot(find_curves(args.paths), args.out, args.metric, args.smooth, args.cells, args.title)
+    plot(find_curves(args.paths), args.out, args.metric, args.smooth, args.cells, args.title, args.columns)
     print(f"wrote {args.out}")
 
 

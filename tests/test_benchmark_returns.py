@@ -157,7 +157,7 @@ def test_table_gives_each_cells_mean_and_spread_over_seeds(matrix):
               for s in (1, 2)]
     mean, std = sum(finals) / 2, abs(finals[0] - finals[1]) / 2
     row = next(line for line in run_table(out) if "| trpo |" in line).split(" | ")
-    shown = [f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" for x in (mean, std)]  # one decimal below 100
+    shown = [f"{x:,.0f}" if abs(mean) >= 100 else f"{x:.1f}" for x in (mean, std)]  # one decimal below 100
     assert row[2:4] == ["2", f"{shown[0]} +/- {shown[1]}"]
 
 
