@@ -190,6 +190,10 @@ def run(run_dir, options):
         wrappers = _video_wrappers(env_id, video_folder, prefix, min(options["video_episodes"], options["episodes"]))
         env_kwargs = {**env_kwargs, "render_mode": "rgb_array"}
     policy = trained_policy(state)
+    if config.get("torch_threads") is not None:
+        # As training evaluated: another thread count sums in another order, and a MuJoCo episode turns that
+        # rounding into another trajectory (Hopper: 3681.5 with 2 threads against the run's 3681.3 with 1).
+        torch.set_num_threads(config.torch_threads)
     interactive = sys.stderr.isatty() if options["progress"] == "auto" else options["progress"]
     returns, lengths = evaluate(policy.agent, env_id, options["episodes"], seed, env_kwargs,
                                 options["deterministic"], interactive, wrappers, backend)
