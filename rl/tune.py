@@ -314,7 +314,10 @@ def confirm(study_dir, study, options, overrides):
 
 
 def tune(options, overrides):
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise TuneError('rl.tune needs Optuna: pip install -e ".[tune]"') from None
 
     algo = chosen(overrides, "algo", "ppo")
     env_name = chosen(overrides, "env", "CartPole-v1")
