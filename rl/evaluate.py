@@ -91,8 +91,6 @@ class EvaluateError(Exception):
 def parse_options(arguments, schema=OPTIONS):
     """`key=value` arguments (YAML values) -> the options dict, defaults filled in. `schema`: key -> (default,
     check, what it must be), as OPTIONS (rl.export passes its own)."""
-    import yaml
-
     options = {key: default for key, (default, _, _) in schema.items()}
     for argument in arguments:
         key, equals, text = argument.partition("=")
@@ -100,14 +98,21 @@ def parse_options(arguments, schema=OPTIONS):
             raise EvaluateError(f"{argument}: expected key=value (keys: {', '.join(schema)})")
         if key not in schema:
             raise EvaluateError(f"{key}: unknown option (keys: {', '.join(schema)})")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        if not schema[key][1](value):
-            raise EvaluateError(f"{key}={text}: must be {schema[key][2]}")
-        options[key] = value
+        options[key] = checked_value(schema, key, text)
     return options
+
+
+def checked_value(schema, key, text):
+    """The YAML value of `text` for `key`, or EvaluateError saying what it must be."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if not schema[key][1](value):
+        raise EvaluateError(f"{key}={text}: must be {schema[key][2]}")
+    return value
 
 
 def _video_wrappers(env_id, folder, prefix, count):

@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from rl import results
+from rl.evaluate import EvaluateError, checked_value
 
 REPO = Path(__file__).resolve().parent.parent
 OPTIONS = {  # key -> (default, check, what it must be)
@@ -79,12 +80,9 @@ def parse_arguments(arguments):
             overrides.append(argument)
             continue
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        if not OPTIONS[key][1](value):
-            raise TuneError(f"{key}={text}: must be {OPTIONS[key][2]}")
-        options[key] = value
+            options[key] = checked_value(OPTIONS, key, text)
+        except EvaluateError as error:
+            raise TuneError(str(error)) from None
     if options["study"] is None:
         raise TuneError("study=<name>: every search has a name (its folder and its storage's study)")
     return options, overrides
