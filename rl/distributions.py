@@ -72,3 +72,70 @@ def categorical_fisher_product(logits, logits_tangent):
     """(diag(p) - p p^T) v: the Fisher metric of a softmax in logit coordinates."""
     p = torch.softmax(logits, -1)
     return p * logits_tangent - p * (p * logits_tangent).sum(-1, keepdim=True)
+
+
+# Multi-categorical (a MultiDiscrete action): logits (B, sum(sizes)), one block of sizes[d] per dimension d;
+# actions (B, D). The dimensions are independent, so every quantity is the sum of one categorical's per block
+# and the Fisher metric is block-diagonal.
+
+def _blocks(logits, sizes):
+    return torch.split(logits, list(sizes), dim=-1)
+
+
+def multi_categorical_sample(logits, sizes):
+    return torch.stack([categorical_sample(block) for block in _blocks(logits, sizes)], -1)
+
+
+def multi_categorical_mode(logits, sizes):
+    return torch.stack([block.argmax(-1) for block in _blocks(logits, sizes)], -1)
+
+
+def multi_categorical_log_prob(logits, action, sizes):
+    return sum(categorical_log_prob(block, action[..., d]) for d, block in enumerate(_blocks(logits, sizes)))
+
+
+def multi_categorical_entropy(logits, sizes):
+    return sum(categorical_entropy(block) for block in _blocks(logits, sizes))
+
+
+def multi_categorical_kl(old_logits, logits, sizes):
+    return sum(categorical_kl(old, new) for old, new in zip(_blocks(old_logits, sizes), _blocks(logits, sizes)))
+
+
+def multi_categorical_fisher_product(logits, logits_tangent, sizes):
+    return torch.cat([categorical_fisher_product(block, tangent) for block, tangent in
+                      zip(_blocks(logits, sizes), _blocks(logits_tangent, sizes))], -1)
+
+
+# Independent Bernoullis (a MultiBinary action): logits (B, N), actions (B, N) in {0, 1}. With
+# log p = -softplus(-l) and log(1 - p) = -softplus(l), nothing overflows for large |l|.
+
+def bernoulli_sample(logits):
+    return (torch.rand_like(logits) < torch.sigmoid(logits)).long()
+
+
+def bernoulli_mode(logits):
+    return (logits > 0).long()
+
+
+def bernoulli_log_prob(logits, action):
+    """sum_i a_i l_i - softplus(l_i) -> (B,)."""
+    return (action.to(logits.dtype) * logits - torch.nn.functional.softplus(logits)).sum(-1)
+
+
+def bernoulli_entropy(logits):
+    """sum_i softplus(l_i) - p_i l_i -> (B,)."""
+    return (torch.nn.functional.softplus(logits) - torch.sigmoid(logits) * logits).sum(-1)
+
+
+def bernoulli_kl(old_logits, logits):
+    softplus = torch.nn.functional.softplus
+    old_p = torch.sigmoid(old_logits)
+    return (old_p * (softplus(-logits) - softplus(-old_logits))
+            + (1 - old_p) * (softplus(logits) - softplus(old_logits))).sum(-1)
+
+
+def bernoulli_fisher_product(logits, logits_tangent):
+    """p (1 - p) v per dimension: the Fisher metric of a Bernoulli in logit coordinates."""
+    p = torch.sigmoid(logits)
+    return p * (1 - p) * logits_tangent

@@ -4,7 +4,7 @@ Hessian of the KL at old == new (float64 autograd)."""
 import pytest
 import torch
 from torch.autograd.functional import hessian
-from torch.distributions import Categorical, Independent, Normal, kl_divergence
+from torch.distributions import Bernoulli, Categorical, Independent, Normal, kl_divergence
 
 from rl import distributions as D
 
@@ -118,3 +118,97 @@ def test_categorical_fisher_product_is_kl_hessian(B, K):
     product = D.categorical_fisher_product(logits, tangent)
     assert product.shape == (B, K)
     assert torch.allclose(product, expected, atol=1e-10, rtol=1e-10)
+
+
+SIZES = (3, 2, 4)  # a MultiDiscrete([3, 2, 4]) action
+
+
+def reference_multi_categorical(logits):
+    """One torch Categorical per block (the dimensions are independent)."""
+    return [Categorical(logits=block) for block in torch.split(logits, list(SIZES), -1)]
+
+
+@pytest.mark.parametrize("batch", BATCH_SHAPES)
+def test_multi_categorical_log_prob_entropy_kl(batch):
+    g = generator(4)
+    logits, old_logits = randn(*batch, sum(SIZES), g=g, scale=2.0), randn(*batch, sum(SIZES), g=g, scale=2.0)
+    action = torch.stack([torch.randint(k, batch, generator=g) for k in SIZES], -1)
+    reference, old_reference = reference_multi_categorical(logits), reference_multi_categorical(old_logits)
+
+    log_prob = D.multi_categorical_log_prob(logits, action, SIZES)
+    assert log_prob.shape == batch
+    expected = sum(r.log_prob(action[..., d]) for d, r in enumerate(reference))
+    assert torch.allclose(log_prob, expected, atol=1e-12, rtol=0)
+    assert torch.allclose(D.multi_categorical_entropy(logits, SIZES), sum(r.entropy() for r in reference),
+                          atol=1e-12, rtol=0)
+    kl = D.multi_categorical_kl(old_logits, logits, SIZES)
+    assert torch.allclose(kl, sum(kl_divergence(o, r) for o, r in zip(old_reference, reference)), atol=1e-12, rtol=0)
+    assert torch.all(kl > 0)
+    mode = D.multi_categorical_mode(logits, SIZES)
+    assert mode.shape == (*batch, len(SIZES))
+    assert all(torch.equal(mode[..., d], r.probs.argmax(-1)) for d, r in enumerate(reference))
+
+
+@pytest.mark.parametrize("batch", BATCH_SHAPES)
+def test_bernoulli_log_prob_entropy_kl(batch):
+    g, N = generator(5), 4
+    logits, old_logits = randn(*batch, N, g=g, scale=3.0), randn(*batch, N, g=g, scale=3.0)
+    action = torch.randint(2, (*batch, N), generator=g)
+    reference = Independent(Bernoulli(logits=logits), 1)
+
+    log_prob = D.bernoulli_log_prob(logits, action)
+    assert log_prob.shape == batch
+    assert torch.allclose(log_prob, reference.log_prob(action.double()), atol=1e-12, rtol=0)
+    assert torch.allclose(D.bernoulli_entropy(logits), reference.entropy(), atol=1e-12, rtol=0)
+    kl = D.bernoulli_kl(old_logits, logits)
+    assert torch.allclose(kl, kl_divergence(Independent(Bernoulli(logits=old_logits), 1), reference), atol=1e-12,
+                          rtol=0)
+    assert torch.all(kl > 0)
+    assert torch.equal(D.bernoulli_mode(logits), (reference.base_dist.probs > 0.5).long())
+    # Large logits stay finite (no log(0)): the closed forms go through softplus.
+    big = torch.tensor([[60.0, -60.0]], dtype=torch.float64)
+    assert torch.isfinite(D.bernoulli_log_prob(big, torch.tensor([[0, 1]]))).all()
+    assert torch.isfinite(D.bernoulli_kl(big, -big)).all()
+
+
+def test_multi_categorical_and_bernoulli_samplers_follow_their_distributions():
+    torch.manual_seed(1)
+    probs = [torch.tensor([0.2, 0.5, 0.3]), torch.tensor([0.9, 0.1])]
+    logits = torch.cat([p.log() for p in probs]).expand(200_000, 5)
+    draws = D.multi_categorical_sample(logits, (3, 2))
+    assert draws.shape == (200_000, 2) and draws.dtype == torch.int64
+    for d, p in enumerate(probs):
+        assert torch.allclose(torch.bincount(draws[:, d], minlength=len(p)) / 200_000.0, p, atol=0.01)
+    p = torch.tensor([0.1, 0.5, 0.8])
+    flips = D.bernoulli_sample(torch.logit(p).expand(200_000, 3))
+    assert flips.dtype == torch.int64 and set(flips.unique().tolist()) <= {0, 1}
+    assert torch.allclose(flips.double().mean(0), p.double(), atol=0.01)
+
+
+@pytest.mark.parametrize("B", [1, 4])
+def test_multi_categorical_fisher_product_is_kl_hessian(B):
+    g = generator(6)
+    logits, tangent = randn(B, sum(SIZES), g=g, scale=1.5), randn(B, sum(SIZES), g=g)
+
+    def kl_of_new(flat):
+        new = flat.reshape(B, sum(SIZES))
+        return sum(kl_divergence(o, r) for o, r in zip(reference_multi_categorical(logits),
+                                                       reference_multi_categorical(new))).sum()
+
+    expected = (hessian(kl_of_new, logits.flatten()) @ tangent.flatten()).reshape(B, sum(SIZES))
+    product = D.multi_categorical_fisher_product(logits, tangent, SIZES)
+    assert product.shape == (B, sum(SIZES))
+    assert torch.allclose(product, expected, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("B,N", [(1, 1), (4, 3)])
+def test_bernoulli_fisher_product_is_kl_hessian(B, N):
+    g = generator(7)
+    logits, tangent = randn(B, N, g=g, scale=1.5), randn(B, N, g=g)
+
+    def kl_of_new(flat):
+        return kl_divergence(Independent(Bernoulli(logits=logits), 1),
+                             Independent(Bernoulli(logits=flat.reshape(B, N)), 1)).sum()
+
+    expected = (hessian(kl_of_new, logits.flatten()) @ tangent.flatten()).reshape(B, N)
+    assert torch.allclose(D.bernoulli_fisher_product(logits, tangent), expected, atol=1e-10, rtol=1e-10)
