@@ -10,12 +10,19 @@ class SpaceError(ValueError):
 
 
 def space_to_state(space):
-    """A dict of plain values describing `space` (a Box or a Discrete)."""
+    """A dict of plain values describing `space` (Box, Discrete, MultiDiscrete, MultiBinary, or a Dict of them)."""
     if isinstance(space, gym.spaces.Box):
         return {"kind": "Box", "dtype": np.dtype(space.dtype).name, "shape": list(space.shape),
                 "low": _bounds(space.low), "high": _bounds(space.high)}
     if isinstance(space, gym.spaces.Discrete):
         return {"kind": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return {"kind": "MultiDiscrete", "nvec": np.asarray(space.nvec).tolist(),
+                "start": np.asarray(space.start).tolist(), "dtype": np.dtype(space.dtype).name}
+    if isinstance(space, gym.spaces.MultiBinary):
+        return {"kind": "MultiBinary", "n": np.asarray(space.n).tolist()}
+    if isinstance(space, gym.spaces.Dict):
+        return {"kind": "Dict", "spaces": {key: space_to_state(sub) for key, sub in space.spaces.items()}}
     raise SpaceError(f"space {space} cannot be stored in a checkpoint")
 
 
@@ -37,6 +44,14 @@ def space_from_state(state):
             return gym.spaces.Box(low.astype(dtype), high.astype(dtype), shape, dtype)
         if kind == "Discrete":
             return gym.spaces.Discrete(int(state["n"]), start=int(state["start"]))
+        if kind == "MultiDiscrete":
+            return gym.spaces.MultiDiscrete(np.asarray(state["nvec"], dtype=np.int64), dtype=np.dtype(state["dtype"]),
+                                            start=np.asarray(state["start"], dtype=np.int64))
+        if kind == "MultiBinary":
+            n = state["n"]
+            return gym.spaces.MultiBinary(int(n) if not isinstance(n, list) else [int(d) for d in n])
+        if kind == "Dict":
+            return gym.spaces.Dict({key: space_from_state(sub) for key, sub in state["spaces"].items()})
     except Exception as error:  # a mistyped or incomplete description
         raise SpaceError(f"not a space description ({type(error).__name__}: {error})") from None
     raise SpaceError(f"unknown space kind {kind!r}")
