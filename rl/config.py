@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import gymnasium as gym
+import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -120,7 +121,9 @@ def _check_finite_numbers(node, prefix=""):
 def _check_memory(cfg, observation_space, action_space):
     """Refuse networks whose weights, gradients and Adam state cannot fit in this machine's memory."""
     obs_dim = int(math.prod(observation_space.shape))
-    out_dim = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else int(math.prod(action_space.shape))
+    out_dim = (int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else
+               int(sum(action_space.nvec)) if isinstance(action_space, gym.spaces.MultiDiscrete) else
+               int(math.prod(action_space.shape)))  # Box, MultiBinary
     for key, out in (("algo.actor_hidden_sizes", out_dim), ("algo.critic_hidden_sizes", 1)):
         widths = [obs_dim, *_get(cfg, key), out]
         params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
@@ -326,9 +329,13 @@ def _check_spaces(cfg):
         env.close()
     if not isinstance(observation_space, gym.spaces.Box):
         raise ConfigError("env.id", cfg.env.id, f"observation space {observation_space} is not a Box")
-    if not (isinstance(action_space, gym.spaces.Discrete) or
-            (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1)):
-        raise ConfigError("env.id", cfg.env.id, f"action space {action_space} is neither Discrete nor a 1-D Box")
+    supported = (isinstance(action_space, gym.spaces.Discrete) or
+                 (isinstance(action_space, (gym.spaces.Box, gym.spaces.MultiBinary)) and len(action_space.shape) == 1)
+                 or (isinstance(action_space, gym.spaces.MultiDiscrete) and len(action_space.shape) == 1
+                     and not np.any(action_space.start)))
+    if not supported:
+        raise ConfigError("env.id", cfg.env.id, f"action space {action_space} is not Discrete, a 1-D Box, a 1-D "
+                          "MultiBinary or a 1-D MultiDiscrete starting at 0")
     return observation_space, action_space
 
 

@@ -59,8 +59,8 @@ class DeployedPolicy(nn.Module):
     def __init__(self, agent, action_space, deterministic):
         super().__init__()
         self.normalizer, self.actor, self.deterministic = agent.obs_normalizer, agent.actor, deterministic
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        if not self.discrete:
+        self.box = isinstance(action_space, gym.spaces.Box)
+        if self.box:
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
 
@@ -68,22 +68,24 @@ class DeployedPolicy(nn.Module):
         params = self.actor(self.normalizer(obs.reshape(obs.shape[0], -1)))
         if not self.deterministic:
             return params
-        if self.discrete:
-            return params[0].argmax(-1)
-        return torch.minimum(torch.maximum(params[0], self.low), self.high)  # np.clip, as TrainedPolicy.act
+        action = self.actor.mode(*params)  # the mean, or the arg-max per categorical, or logit > 0 per bit
+        if self.box:
+            return torch.minimum(torch.maximum(action, self.low), self.high)  # np.clip, as TrainedPolicy.act
+        return action
 
 
 def output_names(action_space, deterministic):
     if deterministic:
         return ["action"]
-    return ["logits"] if isinstance(action_space, gym.spaces.Discrete) else ["mean", "log_std"]
+    return ["mean", "log_std"] if isinstance(action_space, gym.spaces.Box) else ["logits"]
 
 
 def exportable(policy):
     """Refuse, in one line, a policy kind this exporter does not know yet."""
-    from rl.policy import CategoricalActor, GaussianActor
+    from rl.policy import BernoulliActor, CategoricalActor, GaussianActor, MultiCategoricalActor
 
-    if not isinstance(policy.agent.actor, (GaussianActor, CategoricalActor)) or \
+    known = (GaussianActor, CategoricalActor, MultiCategoricalActor, BernoulliActor)
+    if not isinstance(policy.agent.actor, known) or \
             not isinstance(policy.observation_space, gym.spaces.Box):
         raise ExportError(f"cannot export a {type(policy.agent.actor).__name__} policy on "
                           f"{type(policy.observation_space).__name__} observations yet")
@@ -195,18 +197,22 @@ def export(run_dir, options):
     out = options["out"] or os.path.join(run_dir, "export", f"policy-step{state['global_step']}"
                                          f"{'' if deterministic else '-stochastic'}{FORMATS[file_format]}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    discrete = isinstance(policy.action_space, gym.spaces.Discrete)
-    action_dtype = "int64" if discrete else "float32"
+    box = isinstance(policy.action_space, gym.spaces.Box)
+    described = {gym.spaces.Box: "Gaussian mean, clipped to the action bounds", gym.spaces.Discrete: "arg-max action",
+                 gym.spaces.MultiDiscrete: "arg-max of each dimension's categorical",
+                 gym.spaces.MultiBinary: "each bit whose logit is > 0"}[type(policy.action_space)]
+    with torch.no_grad():
+        flat_obs = torch.zeros(1, int(np.prod(policy.observation_space.shape)))
+        widths = [int(t.shape[-1]) for t in policy.agent.actor(flat_obs)]  # each parameter's width
     record = {
         "file": os.path.abspath(out),
         "format": file_format,
         "inputs": [{"name": "obs", "shape": ["batch", *policy.observation_space.shape], "dtype": "float32",
                     "what": "raw observations, as the env returns them"}],
-        "outputs": ([{"name": "action", "shape": ["batch", *policy.action_space.shape], "dtype": action_dtype,
-                      "what": "arg-max action" if discrete else "Gaussian mean, clipped to the action bounds"}]
-                    if deterministic else [{"name": name, "shape": ["batch", int(policy.action_space.n)
-                                                                    if discrete else policy.action_space.shape[0]],
-                                            "dtype": "float32"} for name in names]),
+        "outputs": ([{"name": "action", "shape": ["batch", *policy.action_space.shape],
+                      "dtype": "float32" if box else "int64", "what": described}]
+                    if deterministic else [{"name": name, "shape": ["batch", width], "dtype": "float32"}
+                                           for name, width in zip(names, widths)]),
         "observation_space": space_to_state(policy.observation_space),
         "action_space": space_to_state(policy.action_space),
         "env": policy.config.env.id,

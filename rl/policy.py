@@ -75,6 +75,69 @@ class CategoricalActor(nn.Module):
         return (D.categorical_fisher_product(*params, *tangents),)
 
 
+class MultiCategoricalActor(nn.Module):
+    """Independent categoricals, one per dimension of a MultiDiscrete action. Parameters: (logits,),
+    (B, sum(sizes)), a block of sizes[d] logits for dimension d."""
+
+    def __init__(self, obs_dim, sizes, hidden_sizes, activation):
+        super().__init__()
+        self.sizes = tuple(int(k) for k in sizes)
+        self.net = mlp(obs_dim, hidden_sizes, sum(self.sizes), activation, out_gain=0.01)
+
+    def forward(self, obs):
+        return self.head(self.net(obs))
+
+    @staticmethod
+    def head(logits):
+        return (logits,)
+
+    def sample(self, logits):
+        return D.multi_categorical_sample(logits, self.sizes)
+
+    def log_prob(self, logits, action):
+        return D.multi_categorical_log_prob(logits, action, self.sizes)
+
+    def entropy(self, logits):
+        return D.multi_categorical_entropy(logits, self.sizes)
+
+    def mode(self, logits):
+        return D.multi_categorical_mode(logits, self.sizes)
+
+    def kl(self, old_params, params):
+        return D.multi_categorical_kl(*old_params, *params, self.sizes)
+
+    def fisher_product(self, params, tangents):
+        return (D.multi_categorical_fisher_product(*params, *tangents, self.sizes),)
+
+
+class BernoulliActor(nn.Module):
+    """Independent Bernoullis, one per bit of a MultiBinary action. Parameters: (logits,), (B, N)."""
+
+    def __init__(self, obs_dim, num_bits, hidden_sizes, activation):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_sizes, num_bits, activation, out_gain=0.01)
+
+    def forward(self, obs):
+        return self.head(self.net(obs))
+
+    @staticmethod
+    def head(logits):
+        return (logits,)
+
+    sample = staticmethod(D.bernoulli_sample)
+    log_prob = staticmethod(D.bernoulli_log_prob)
+    entropy = staticmethod(D.bernoulli_entropy)
+    mode = staticmethod(D.bernoulli_mode)
+
+    @staticmethod
+    def kl(old_params, params):
+        return D.bernoulli_kl(*old_params, *params)
+
+    @staticmethod
+    def fisher_product(params, tangents):
+        return (D.bernoulli_fisher_product(*params, *tangents),)
+
+
 class Critic(nn.Module):
     def __init__(self, obs_dim, hidden_sizes, activation):
         super().__init__()
@@ -100,6 +163,10 @@ class Agent(nn.Module):
             self.actor = GaussianActor(obs_dim, action_dim, actor_hidden_sizes, activation, init_log_std)
         elif isinstance(action_space, gym.spaces.Discrete):
             self.actor = CategoricalActor(obs_dim, int(action_space.n), actor_hidden_sizes, activation)
+        elif isinstance(action_space, gym.spaces.MultiDiscrete):
+            self.actor = MultiCategoricalActor(obs_dim, action_space.nvec, actor_hidden_sizes, activation)
+        elif isinstance(action_space, gym.spaces.MultiBinary):
+            self.actor = BernoulliActor(obs_dim, int(math.prod(action_space.shape)), actor_hidden_sizes, activation)
         else:
             raise ValueError(f"unsupported action space {action_space}")
         self.critic = Critic(obs_dim, critic_hidden_sizes, activation)

@@ -18,7 +18,7 @@ class Rollout:
     """T steps from N envs. Every tensor is (T, N, ...) on one device."""
 
     obs: torch.Tensor  # (T, N, obs_dim) normalized observations the policy acted on
-    actions: torch.Tensor  # (T, N, A) unclipped Gaussian samples, or (T, N) discrete actions
+    actions: torch.Tensor  # (T, N, A) unclipped Gaussian samples, (T, N) discrete or (T, N, D) multi-discrete/binary
     log_probs: torch.Tensor  # (T, N) log pi_old(a|s)
     values: torch.Tensor  # (T, N) V(s)
     rewards: torch.Tensor  # (T, N) rewards after scaling
@@ -83,11 +83,13 @@ class Collector:
         num_envs = envs.num_envs
         obs_dim = int(np.prod(envs.single_observation_space.shape))
         action_space = envs.single_action_space
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        self.action_low = None if self.discrete else action_space.low
-        self.action_high = None if self.discrete else action_space.high
-        action_shape = () if self.discrete else action_space.shape
-        action_dtype = torch.int64 if self.discrete else torch.float32
+        # Box actions are float samples, clipped for the env; every other kind is integers (Discrete (N,),
+        # MultiDiscrete and MultiBinary (N, D)).
+        box = isinstance(action_space, gym.spaces.Box)
+        self.action_low = action_space.low if box else None
+        self.action_high = action_space.high if box else None
+        action_shape = () if isinstance(action_space, gym.spaces.Discrete) else action_space.shape
+        action_dtype = torch.float32 if box else torch.int64
 
         shape = (num_steps, num_envs)
         pin = self.device.type == "cuda"
@@ -138,7 +140,7 @@ class Collector:
             view["obs"][t] = normalizer.normalize_numpy(self.obs)
             action = act(buf.obs[t])
             view["actions"][t] = env_action = action.numpy()
-            if not self.discrete:  # the env gets a clipped action; the buffer keeps the sample
+            if self.action_low is not None:  # the env gets a clipped action; the buffer keeps the sample
                 env_action = np.minimum(np.maximum(env_action, self.action_low), self.action_high)
             next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
             check_env_output("observation", next_obs, global_step + t * num_envs, self.env_indices)

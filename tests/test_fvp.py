@@ -3,7 +3,7 @@
 import gymnasium as gym
 import pytest
 import torch
-from torch.distributions import Categorical, Normal, kl_divergence
+from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
 from torch.func import functional_call
 from torch.nn.utils import parameters_to_vector
 
@@ -11,7 +11,9 @@ from rl.fisher import FISHER_VECTOR_PRODUCTS
 from rl.policy import Agent
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (5,))
-ACTION_SPACES = {"gaussian": gym.spaces.Box(-1.0, 1.0, (3,)), "categorical": gym.spaces.Discrete(4)}
+ACTION_SPACES = {"gaussian": gym.spaces.Box(-1.0, 1.0, (3,)), "categorical": gym.spaces.Discrete(4),
+                 "multi_categorical": gym.spaces.MultiDiscrete([3, 2, 4]), "bernoulli": gym.spaces.MultiBinary(3)}
+KINDS = list(ACTION_SPACES)
 
 
 def tiny_actor(kind, seed=0):
@@ -31,24 +33,35 @@ def distribution(kind, outputs):
     return Categorical(logits=outputs[0])
 
 
+def reference_kl(kind, old_outputs, outputs):
+    """KL(old || new) per sample, (B,), from torch.distributions alone."""
+    if kind == "multi_categorical":  # independent dimensions: the sum of one categorical's KL per block
+        sizes = list(ACTION_SPACES[kind].nvec)
+        return sum(kl_divergence(Categorical(logits=old), Categorical(logits=new)) for old, new in
+                   zip(torch.split(old_outputs[0], sizes, -1), torch.split(outputs[0], sizes, -1)))
+    if kind == "bernoulli":
+        return kl_divergence(Bernoulli(logits=old_outputs[0]), Bernoulli(logits=outputs[0])).sum(-1)
+    kl = kl_divergence(distribution(kind, old_outputs), distribution(kind, outputs))
+    return kl.sum(-1) if kind == "gaussian" else kl
+
+
 def dense_kl_hessian(actor, kind, obs):
     """Hessian of mean KL(pi_old || pi_theta) over flat parameters, with torch.distributions' KL."""
     names = [name for name, _ in actor.named_parameters()]
     shapes = [p.shape for p in actor.parameters()]
     flat = parameters_to_vector(actor.parameters()).detach()
     with torch.no_grad():
-        old = distribution(kind, actor(obs))
+        old = actor(obs)
 
     def mean_kl(weights):
         tensors = dict(zip(names, torch.split(weights, [s.numel() for s in shapes])))
         tensors = {n: t.view(s) for (n, t), s in zip(tensors.items(), shapes)}
-        kl = kl_divergence(old, distribution(kind, functional_call(actor, tensors, (obs,))))
-        return (kl.sum(-1) if kind == "gaussian" else kl).mean()
+        return reference_kl(kind, old, functional_call(actor, tensors, (obs,))).mean()
 
     return torch.autograd.functional.hessian(mean_kl, flat, vectorize=True)  # all rows in one vmapped pass
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("method", ["analytic", "hessian"])
 def test_fvp_matches_dense_kl_hessian(kind, method):
     actor = tiny_actor(kind)
@@ -63,7 +76,7 @@ def test_fvp_matches_dense_kl_hessian(kind, method):
         assert torch.allclose(got, expected, rtol=1e-9, atol=1e-11), (got - expected).abs().max()
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_fvp_is_linear_and_symmetric_positive(kind):
     actor = tiny_actor(kind, seed=3)
     obs = torch.randn(32, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -83,7 +96,7 @@ def test_fvp_does_not_change_the_actor():
     assert torch.equal(parameters_to_vector(actor.parameters()), before)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_generic_path_for_other_actors_matches_dense_hessian(kind):
     # An activation outside `mlp`'s set sends the actor down the torch.func jvp/vjp path.
     actor = tiny_actor(kind, seed=11)
