@@ -11,6 +11,17 @@ from rl.networks import mlp
 from rl.normalize import ObservationNormalizer, RewardScaler
 
 
+def _on_parameter_tuples(closed_form, wrap=False):
+    """A head's `kl(old_params, params)` or `fisher_product(params, tangents)` from a closed form of
+    rl.distributions taking the parameters one by one; `wrap`: the closed form returns one tensor, the head a
+    tuple of them."""
+    def method(first, second):
+        result = closed_form(*first, *second)
+        return (result,) if wrap else result
+
+    return staticmethod(method)
+
+
 class GaussianActor(nn.Module):
     """Diagonal Gaussian with a state-independent log-std. Parameters: (mean, log_std), each (B, A)."""
 
@@ -34,13 +45,8 @@ class GaussianActor(nn.Module):
     def mode(mean, log_std):
         return mean
 
-    @staticmethod
-    def kl(old_params, params):
-        return D.gaussian_kl(*old_params, *params)
-
-    @staticmethod
-    def fisher_product(params, tangents):
-        return D.gaussian_fisher_product(*params, *tangents)
+    kl = _on_parameter_tuples(D.gaussian_kl)
+    fisher_product = _on_parameter_tuples(D.gaussian_fisher_product)
 
 
 class CategoricalActor(nn.Module):
@@ -66,13 +72,8 @@ class CategoricalActor(nn.Module):
     def mode(logits):
         return logits.argmax(-1)
 
-    @staticmethod
-    def kl(old_params, params):
-        return D.categorical_kl(*old_params, *params)
-
-    @staticmethod
-    def fisher_product(params, tangents):
-        return (D.categorical_fisher_product(*params, *tangents),)
+    kl = _on_parameter_tuples(D.categorical_kl)
+    fisher_product = _on_parameter_tuples(D.categorical_fisher_product, wrap=True)
 
 
 class MultiCategoricalActor(nn.Module):
@@ -84,12 +85,7 @@ class MultiCategoricalActor(nn.Module):
         self.sizes = tuple(int(k) for k in sizes)
         self.net = mlp(obs_dim, hidden_sizes, sum(self.sizes), activation, out_gain=0.01)
 
-    def forward(self, obs):
-        return self.head(self.net(obs))
-
-    @staticmethod
-    def head(logits):
-        return (logits,)
+    forward, head = CategoricalActor.forward, staticmethod(CategoricalActor.head)  # logits, as a categorical's
 
     def sample(self, logits):
         return D.multi_categorical_sample(logits, self.sizes)
@@ -117,25 +113,14 @@ class BernoulliActor(nn.Module):
         super().__init__()
         self.net = mlp(obs_dim, hidden_sizes, num_bits, activation, out_gain=0.01)
 
-    def forward(self, obs):
-        return self.head(self.net(obs))
-
-    @staticmethod
-    def head(logits):
-        return (logits,)
-
+    forward, head = CategoricalActor.forward, staticmethod(CategoricalActor.head)  # logits, as a categorical's
     sample = staticmethod(D.bernoulli_sample)
     log_prob = staticmethod(D.bernoulli_log_prob)
     entropy = staticmethod(D.bernoulli_entropy)
     mode = staticmethod(D.bernoulli_mode)
 
-    @staticmethod
-    def kl(old_params, params):
-        return D.bernoulli_kl(*old_params, *params)
-
-    @staticmethod
-    def fisher_product(params, tangents):
-        return (D.bernoulli_fisher_product(*params, *tangents),)
+    kl = _on_parameter_tuples(D.bernoulli_kl)
+    fisher_product = _on_parameter_tuples(D.bernoulli_fisher_product, wrap=True)
 
 
 class Critic(nn.Module):
