@@ -91,9 +91,12 @@ def exportable(policy):
                           f"{type(policy.observation_space).__name__} observations yet")
 
 
-def to_bytes(module, example, names, file_format):
-    """The exported file's bytes: ONNX through torch's TorchScript-based exporter (no onnxscript needed), or a
-    traced TorchScript module."""
+def to_bytes(policy, deterministic, file_format):
+    """The exported file's bytes for a TrainedPolicy: ONNX through torch's TorchScript-based exporter (no
+    onnxscript needed), or a traced TorchScript module."""
+    names = output_names(policy.action_space, deterministic)
+    module = DeployedPolicy(policy.agent, policy.action_space, deterministic).eval()
+    example = torch.zeros((2, *policy.observation_space.shape), dtype=torch.float32)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notices: not the user's concern
@@ -180,21 +183,18 @@ def export(run_dir, options):
     from rl import checkpoint
     from rl.files import write_atomically, write_json
     from rl.spaces import space_to_state
-    from rl.trained import checkpoint_size_limit, trained_policy
+    from rl.trained import load
 
     if not os.path.isdir(run_dir):
         raise EvaluateError(f"{run_dir}: no such run directory")
     path = checkpoint.resolve(run_dir, options["checkpoint"])
-    state = checkpoint.load(path, checkpoint_size_limit(run_dir))
-    policy = trained_policy(state)
+    policy = load(run_dir, path)  # the loader rl.load and rl.evaluate use: bounded, sealed, checked
     exportable(policy)
     file_format, deterministic = options["format"], options["deterministic"]
     names = output_names(policy.action_space, deterministic)
-    module = DeployedPolicy(policy.agent, policy.action_space, deterministic).eval()
-    example = torch.zeros((2, *policy.observation_space.shape), dtype=torch.float32)
-    data = to_bytes(module, example, names, file_format)
+    data = to_bytes(policy, deterministic, file_format)
     checked = check(policy, data, file_format, deterministic)
-    out = options["out"] or os.path.join(run_dir, "export", f"policy-step{state['global_step']}"
+    out = options["out"] or os.path.join(run_dir, "export", f"policy-step{policy.global_step}"
                                          f"{'' if deterministic else '-stochastic'}{FORMATS[file_format]}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     box = isinstance(policy.action_space, gym.spaces.Box)
@@ -219,7 +219,7 @@ def export(run_dir, options):
         "algo": policy.config.algo.name,
         "run_dir": os.path.abspath(run_dir),
         "checkpoint": os.path.basename(path),
-        "global_step": state["global_step"],
+        "global_step": policy.global_step,
         "deterministic": deterministic,
         "check": checked,
     }

@@ -82,9 +82,10 @@ def scalars(run_dir, wall_clock=False):
             if wall_clock or not tag.startswith(WALL_CLOCK_TAGS)}
 
 
-def values(run_dir, tag):
-    """The logged values of one scalar tag, in order ([] if the run never logged it)."""
-    return [value for _, value in scalars(run_dir, wall_clock=True).get(tag, [])]
+def values(run_dir, *tags):
+    """For each tag, its logged values in order ([] if the run never logged it), read in one pass."""
+    logged = scalars(run_dir, wall_clock=True)
+    return [[value for _, value in logged.get(tag, [])] for tag in tags]
 
 
 def _per_step(pairs):

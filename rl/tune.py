@@ -179,7 +179,7 @@ def run_trial(run_dir, argv, report):
 
 def objective_of(run_dir, last):
     """The mean of the run's last `last` evaluation points (TensorBoard, full precision)."""
-    evaluations = results.values(run_dir, "eval/return")
+    (evaluations,) = results.values(run_dir, "eval/return")
     if not evaluations:
         raise TuneError(f"{run_dir}: the trial logged no evaluation (eval_episodes=0?)")
     return sum(evaluations[-last:]) / len(evaluations[-last:])
@@ -247,8 +247,7 @@ def write_best(study_dir, algo, env_name, trial, overrides, how):
 
 
 def write_trials(study_dir, study):
-    import optuna
-
+    """trials.csv: every trial's state, objective, seed, last reported step and values."""
     keys = sorted({key for trial in study.trials for key in trial.params})
     with open(study_dir / "trials.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -257,9 +256,6 @@ def write_trials(study_dir, study):
             last_step = max(trial.intermediate_values) if trial.intermediate_values else ""
             writer.writerow([trial.number, trial.state.name, "" if trial.value is None else f"{trial.value:.6g}",
                              trial.user_attrs.get("seed", ""), last_step, *(trial.params.get(k, "") for k in keys)])
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                     optuna.trial.TrialState.PRUNED)]
-    return finished
 
 
 def write_plots(study_dir, study):
@@ -358,7 +354,8 @@ def tune(options, overrides):
     if sum(t.state in counted for t in study.trials) < options["trials"]:
         study.optimize(objective, n_jobs=options["jobs"], catch=(TrialFailed,),
                        callbacks=[optuna.study.MaxTrialsCallback(options["trials"], states=counted)])
-    finished = write_trials(study_dir, study)
+    write_trials(study_dir, study)
+    finished = [t for t in study.trials if t.state in counted]
     complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise TuneError(f"study={options['study']}: no trial completed ({len(finished)} pruned); see trials.csv")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import rl
-from rl.export import DeployedPolicy, output_names, recorded_observations, to_bytes
+from rl.export import recorded_observations, to_bytes
 
 
 def timed(call, calls):
@@ -45,14 +45,11 @@ def main():
 
     torch.set_num_threads(1)
     policy = rl.load(args.run_dir)
-    module = DeployedPolicy(policy.agent, policy.action_space, True).eval()
-    example = torch.zeros((2, *policy.observation_space.shape), dtype=torch.float32)
-    names = output_names(policy.action_space, True)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    session = onnxruntime.InferenceSession(to_bytes(module, example, names, "onnx"), options,
+    session = onnxruntime.InferenceSession(to_bytes(policy, True, "onnx"), options,
                                            providers=["CPUExecutionProvider"])
-    scripted = torch.jit.load(io.BytesIO(to_bytes(module, example, names, "torchscript")))
+    scripted = torch.jit.load(io.BytesIO(to_bytes(policy, True, "torchscript")))
     observations, _ = recorded_observations(policy, 64)
     rows = []
     for batch in (1, 64):

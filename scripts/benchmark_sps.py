@@ -56,8 +56,7 @@ def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium"
                       f"env.backend={backend}", *([f"algo.compile={str(compile).lower()}"] if algo == "ppo" else []),
                       "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", cwd=REPO)
         summary = results.summary(run_dir)
-        rollout = results.values(run_dir, "time/rollout_seconds")
-        update = results.values(run_dir, "time/update_seconds")
+        rollout, update = results.values(run_dir, "time/rollout_seconds", "time/update_seconds")
     per_iteration = summary["total_timesteps"] / len(rollout)
     if len(rollout) < 2:
         return summary["total_timesteps"], summary["wall_seconds"], None

@@ -50,9 +50,8 @@ def training_sps(algo, num_envs, device, steps, cores):
                                check=False)
         if result.returncode != 0:
             return {"error": result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else "failed"}
-        sps = results.values(run_dir, "charts/sps")[-1]
-        update = results.values(run_dir, "time/update_seconds")
-        rollout = results.values(run_dir, "time/rollout_seconds")
+        sps, update, rollout = results.values(run_dir, "charts/sps", "time/update_seconds", "time/rollout_seconds")
+        sps = sps[-1]
         return {"sps": sps, "vectorization": vectorization, "update_s": sum(update[1:]) / max(len(update) - 1, 1),
                 "rollout_s": sum(rollout[1:]) / max(len(rollout) - 1, 1)}
 

@@ -31,7 +31,7 @@ def test_trpo_solves_cartpole_within_its_budget(tmp_path):
 def test_npg_improves_cartpole_by_a_clear_margin(tmp_path):
     run_dir = tmp_path / "npg"
     summary = train(run_dir, "algo=npg")
-    returns = results.values(run_dir, "charts/episodic_return")
+    (returns,) = results.values(run_dir, "charts/episodic_return")
     first, last = sum(returns[:20]) / 20, sum(returns[-20:]) / 20
     assert first < 60, first  # where it started: a near-random policy
     assert last >= first + 150, (first, last)

@@ -30,7 +30,7 @@ def test_skip_update_undoes_non_finite_updates_and_finishes(tmp_path):
     run_dir = tmp_path / "skip"
     rc, out, err, _ = run(train_command(run_dir, *EXPLODING, "nan_policy=skip_update"))
     assert rc == 0, err[-2000:]
-    skipped = values(run_dir, "charts/skipped_updates")
+    (skipped,) = values(run_dir, "charts/skipped_updates")
     assert skipped == [1.0] * 3  # 768 steps / (4 envs x 64): every update blew up and was undone
     state = latest_state(run_dir)
     assert all(torch.isfinite(t).all() for t in state["agent"].values() if t.is_floating_point())
@@ -50,7 +50,7 @@ def test_constant_returns_make_explained_variance_undefined_not_fatal(tmp_path, 
                                                                  "+env.kwargs.constant_return=true", algo=algo)))
     assert rc == 0, err[-2000:]
     assert results.summary(run_dir)["total_timesteps"] == 1024
-    explained = values(run_dir, "losses/explained_variance")
+    (explained,) = values(run_dir, "losses/explained_variance")
     assert len(explained) == 1024 // 128
     # The targets are 1 up to rounding: undefined (NaN) or meaningless, logged either way, never fatal.
     assert all(math.isnan(v) or v < 0.5 for v in explained), explained
