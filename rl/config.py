@@ -13,7 +13,10 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from rl.envs import BACKENDS, check_env_id, make_vector_env
+from rl.envs import BACKENDS, PREPROCESSING, check_env_id, load_wrapper, make_vector_env
+from rl.networks import cnn_output_side
+from rl.observations import MASK_SOURCES, ObservationError, ObservationLayout
+from rl.policy import mask_blocks
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 FREE_FORM = ("env.kwargs",)  # passed through to gymnasium.make as they are
@@ -118,20 +121,56 @@ def _check_finite_numbers(node, prefix=""):
             raise ConfigError(path, value, "must be a finite number")
 
 
-def _check_memory(cfg, observation_space, action_space):
-    """Refuse networks whose weights, gradients and Adam state cannot fit in this machine's memory."""
-    obs_dim = int(math.prod(observation_space.shape))
+def _check_memory(cfg, layout, action_space):
+    """Refuse networks whose weights, gradients and Adam state cannot fit in this machine's memory (counted
+    here: building them first could exhaust it)."""
     out_dim = (int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else
                int(sum(action_space.nvec)) if isinstance(action_space, gym.spaces.MultiDiscrete) else
                int(math.prod(action_space.shape)))  # Box, MultiBinary
+    images = layout.of_kind("image")
+    encoder_weights, in_dim = 0, layout.dim
+    if images or layout.mask is not None:
+        env = cfg.env
+        features = env.cnn_features
+        in_dim = len(images) * features + sum(p.size for p in layout.pieces if p.kind in ("vector", "onehot"))
+        for piece in images:
+            channels = [piece.image_shape[0], *env.cnn_channels]
+            encoder_weights += sum((a * k * k + 1) * b for a, b, k in zip(channels[:-1], channels[1:],
+                                                                           env.cnn_kernels))
+            sides = [cnn_output_side(side, env.cnn_kernels, env.cnn_strides) for side in piece.image_shape[1:]]
+            encoder_weights += (channels[-1] * sides[0] * sides[1] + 1) * features
     for key, out in (("algo.actor_hidden_sizes", out_dim), ("algo.critic_hidden_sizes", 1)):
-        widths = [obs_dim, *_get(cfg, key), out]
-        params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+        widths = [in_dim, *_get(cfg, key), out]
+        params = encoder_weights + sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
         needed = 4 * 4 * params  # float32 weights, gradients and two Adam moments
         available = _available_memory()
         if available is not None and needed > available:
             raise ConfigError(key, list(_get(cfg, key)), f"{params:,} weights need about {needed / 2**30:.1f} GiB "
                               f"(weights, gradients, Adam state); this machine has {available / 2**30:.1f} GiB free")
+
+
+def _check_layout(cfg, observation_space, action_space, first_obs, first_info):
+    """The observation's layout (rl.observations), refused in one line when policies cannot read it: a space
+    kind, a wrong mask, an image the CNN cannot take. The first reset's observation is packed as a check."""
+    env = cfg.env
+    image_keys = None if env.image_keys == "auto" else list(env.image_keys)
+    try:
+        layout = ObservationLayout(observation_space, image_keys, env.action_mask, mask_blocks(action_space))
+        layout.pack(first_obs, first_info)
+    except ObservationError as error:
+        key = next((k for k in ("env.image_keys", "env.action_mask") if k in str(error)), "env.id")
+        raise ConfigError(key, _get(cfg, key), str(error)) from None
+    if not (len(env.cnn_channels) == len(env.cnn_kernels) == len(env.cnn_strides)):
+        raise ConfigError("env.cnn_kernels", list(env.cnn_kernels), "env.cnn_channels, env.cnn_kernels and "
+                          "env.cnn_strides must have one entry per conv layer each")
+    for piece in layout.of_kind("image"):
+        sides = [cnn_output_side(side, env.cnn_kernels, env.cnn_strides) for side in piece.image_shape[1:]]
+        if min(sides) < 1:
+            raise ConfigError("env.cnn_kernels", list(env.cnn_kernels),
+                              f"the {piece.image_shape[1]}x{piece.image_shape[2]} image of observation key "
+                              f"{piece.key!r} is too small for these kernels and strides {list(env.cnn_strides)}; "
+                              "choose smaller ones (env.cnn_*; e.g. [3] and [1] for a 10x10 image)")
+    return layout
 
 
 def _available_memory():
@@ -190,6 +229,16 @@ SCHEMA = (
     ("env.clip_observations", Key(*POSITIVE)),
     ("env.clip_rewards", Key(*POSITIVE)),
     ("env.kwargs", Key(lambda v: isinstance(v, DictConfig), "must be a mapping of gymnasium.make arguments")),
+    ("env.preprocessing", Key(_one_of(*PREPROCESSING), f"must be one of {', '.join(PREPROCESSING)}")),
+    ("env.wrappers", Key(lambda v: isinstance(v, ListConfig) and all(isinstance(k, str) for k in v),
+                         'must be a list of wrapper import paths ("package.module:Wrapper")')),
+    ("env.image_keys", Key(lambda v: v == "auto" or (isinstance(v, ListConfig) and all(isinstance(k, str) for k in v)),
+                           "must be auto or a list of observation keys")),
+    ("env.action_mask", Key(_one_of(*MASK_SOURCES), f"must be one of {', '.join(MASK_SOURCES)}")),
+    ("env.cnn_channels", Key(*WIDTHS)),
+    ("env.cnn_kernels", Key(*WIDTHS)),
+    ("env.cnn_strides", Key(*WIDTHS)),
+    ("env.cnn_features", Key(*POSITIVE_INT)),
     ("eval_episodes", Key(*NON_NEGATIVE_INT, resumable=True)),
     ("eval_every", Key(*NON_NEGATIVE_INT, resumable=True)),
     ("log_every", Key(*POSITIVE_INT, resumable=True)),
@@ -264,7 +313,8 @@ def validate(cfg):
                           if key == "env.id" else str(error)) from None
     for key, spec in checked[3:]:
         _require(cfg, key, spec.check, spec.reason)
-    _check_memory(cfg, *_check_spaces(cfg))
+    observation_space, action_space, first_obs, first_info = _check_spaces(cfg)
+    _check_memory(cfg, _check_layout(cfg, observation_space, action_space, first_obs, first_info), action_space)
     _check_batch(cfg)
     return resolve_device(cfg.device)
 
@@ -316,7 +366,12 @@ def _check_spaces(cfg):
         raise ConfigError("env.kwargs.render_mode", cfg.env.kwargs.render_mode, "training does not render; "
                           "record a trained policy with python -m rl.evaluate <run dir> video=true")
     try:
-        env = make_vector_env(cfg.env.id, 1, backend=cfg.env.backend, **OmegaConf.to_container(cfg.env.kwargs))
+        wrappers = [load_wrapper(path) and path for path in cfg.env.wrappers]
+    except ValueError as error:
+        raise ConfigError("env.wrappers", list(cfg.env.wrappers), str(error)) from None
+    try:
+        env = make_vector_env(cfg.env.id, 1, backend=cfg.env.backend, preprocessing=cfg.env.preprocessing,
+                              env_wrappers=wrappers, **OmegaConf.to_container(cfg.env.kwargs))
     except gym.error.DependencyNotInstalled as error:
         raise ConfigError("env.id", cfg.env.id, f"needs a package that is not installed: {error}") from None
     except Exception as error:  # anything the env's constructor raises
@@ -325,10 +380,13 @@ def _check_spaces(cfg):
                           f"{cfg.env.id} could not be created ({type(error).__name__}: {reason})") from None
     try:
         observation_space, action_space = env.single_observation_space, env.single_action_space
+        first_obs, first_info = env.reset(seed=0)
+    except Exception as error:  # the env's reset, or a wrapper, failing
+        reason = " ".join(str(error).split())[:300]
+        raise ConfigError("env.id", cfg.env.id, f"the env's first reset failed ({type(error).__name__}: {reason})") \
+            from None
     finally:
         env.close()
-    if not isinstance(observation_space, gym.spaces.Box):
-        raise ConfigError("env.id", cfg.env.id, f"observation space {observation_space} is not a Box")
     supported = (isinstance(action_space, gym.spaces.Discrete) or
                  (isinstance(action_space, (gym.spaces.Box, gym.spaces.MultiBinary)) and len(action_space.shape) == 1)
                  or (isinstance(action_space, gym.spaces.MultiDiscrete) and len(action_space.shape) == 1
@@ -336,7 +394,7 @@ def _check_spaces(cfg):
     if not supported:
         raise ConfigError("env.id", cfg.env.id, f"action space {action_space} is not Discrete, a 1-D Box, a 1-D "
                           "MultiBinary or a 1-D MultiDiscrete starting at 0")
-    return observation_space, action_space
+    return observation_space, action_space, first_obs, first_info
 
 
 def resolve_device(device):

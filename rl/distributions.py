@@ -74,6 +74,19 @@ def categorical_fisher_product(logits, logits_tangent):
     return p * logits_tangent - p * (p * logits_tangent).sum(-1, keepdim=True)
 
 
+# Action masks: a masked logit is MASKED_LOGIT, whose probability is exactly 0 in float32 and float64
+# (exp(-1e8) underflows) while p * log p stays 0 rather than 0 * -inf = NaN (MaskablePPO's value). Every
+# categorical function above then works on the masked distribution as it is: a masked action is never
+# sampled, its entropy and KL terms vanish, and its rows of the Fisher metric diag(p) - p p^T are zero.
+
+MASKED_LOGIT = -1e8
+
+
+def masked_logits(logits, mask):
+    """Logits (B, K) with the entries where mask (B, K) is 0 set to MASKED_LOGIT."""
+    return torch.where(mask > 0.5, logits, torch.full_like(logits, MASKED_LOGIT))
+
+
 # Multi-categorical (a MultiDiscrete action): logits (B, sum(sizes)), one block of sizes[d] per dimension d;
 # actions (B, D). The dimensions are independent, so every quantity is the sum of one categorical's per block
 # and the Fisher metric is block-diagonal.

@@ -34,15 +34,17 @@ OPTIONS = {  # key -> (default, check, what it must be)
 
 
 def evaluate(agent, env_id, episodes, seed, env_kwargs=None, deterministic=True, progress=False, wrappers=(),
-             backend="gymnasium"):
+             backend="gymnasium", preprocessing="none", env_wrappers=()):
     """Run one episode in each of `episodes` fresh sub-envs (sub-env i seeded `seed + i`).
 
     The policy acts by its mode (mean / argmax) unless `deterministic=False`; normalizer statistics are
     read, never updated. Torch's global RNG is saved and restored around the evaluation, so evaluating
     never changes what a training run draws next. `agent` must be on the CPU. `progress` shows a bar of
-    finished episodes. Returns (returns, lengths): lists of raw episode returns and lengths.
+    finished episodes. Returns (returns, lengths): lists of raw episode returns and lengths (for Atari, whole
+    games: evaluation's preprocessing neither ends episodes at a lost life nor clips rewards).
     """
-    envs = make_vector_env(env_id, episodes, "sync", wrappers=wrappers, backend=backend, **(env_kwargs or {}))
+    envs = make_vector_env(env_id, episodes, "sync", wrappers=wrappers, backend=backend, preprocessing=preprocessing,
+                           env_wrappers=env_wrappers, training=False, **(env_kwargs or {}))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -60,17 +62,18 @@ def evaluate(agent, env_id, episodes, seed, env_kwargs=None, deterministic=True,
 
 @torch.no_grad()
 def _run_episodes(agent, envs, episodes, seed, deterministic, bar):
-    obs, _ = envs.reset(seed=seed)
+    obs, info = envs.reset(seed=seed)
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
     finished = np.zeros(episodes, dtype=bool)
     action_space = envs.single_action_space
     low, high = getattr(action_space, "low", None), getattr(action_space, "high", None)
     while not finished.all():
-        action = agent.act(torch.from_numpy(obs.reshape(episodes, -1)).float(), deterministic).numpy()
+        packed = agent.layout.pack(obs, info)
+        action = agent.act(torch.from_numpy(packed).float(), deterministic).numpy()
         if low is not None:
             action = np.clip(action, low, high)
-        obs, reward, terminated, truncated, _ = envs.step(action)
+        obs, reward, terminated, truncated, info = envs.step(action)
         returns += np.where(finished, 0.0, reward)
         lengths += ~finished
         newly = (terminated | truncated) & ~finished
@@ -201,7 +204,8 @@ def run(run_dir, options):
         torch.set_num_threads(config.torch_threads)
     interactive = sys.stderr.isatty() if options["progress"] == "auto" else options["progress"]
     returns, lengths = evaluate(policy.agent, env_id, options["episodes"], seed, env_kwargs,
-                                options["deterministic"], interactive, wrappers, backend)
+                                options["deterministic"], interactive, wrappers, backend,
+                                config.env.get("preprocessing", "none"), list(config.env.get("wrappers", [])))
     record = {
         "run_dir": os.path.abspath(run_dir),
         "checkpoint": os.path.basename(path),

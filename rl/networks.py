@@ -1,4 +1,4 @@
-"""Encoders: networks from an observation to features. Today the MLP on flat vectors."""
+"""Encoders: networks from a packed observation (rl.observations) to features, and the MLP on top."""
 
 import math
 
@@ -45,3 +45,62 @@ def _orthogonal(layer, gain):
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
     return layer
+
+
+def cnn(image_shape, channels, kernels, strides, features):
+    """Conv(+ReLU) layers, flatten, Linear(+ReLU) to `features`; Nature-CNN (Mnih et al. 2015) with the
+    defaults (32/64/64 channels, kernels 8/4/3, strides 4/2/1, 512 features). Orthogonal init, gain sqrt(2)."""
+    layers, in_channels = [], image_shape[0]
+    for out_channels, kernel, stride in zip(channels, kernels, strides):
+        layers += [_orthogonal(nn.Conv2d(in_channels, out_channels, kernel, stride), math.sqrt(2)), nn.ReLU()]
+        in_channels = out_channels
+    layers.append(nn.Flatten())
+    with torch.no_grad():
+        flat = nn.Sequential(*layers)(torch.zeros(1, *image_shape)).shape[1]
+    layers += [_orthogonal(nn.Linear(flat, features), math.sqrt(2)), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def cnn_output_side(side, kernels, strides):
+    """The side of the last conv layer's output for an input side, or <= 0 when the image is too small."""
+    for kernel, stride in zip(kernels, strides):
+        side = (side - kernel) // stride + 1 if side >= kernel else 0
+    return side
+
+
+class Encoder(nn.Module):
+    """Features of a packed observation: each image piece through its own CNN (scaled, permuted to CHW), the
+    vector and one-hot pieces as they are, concatenated in layout order; the mask piece is skipped
+    (SB3's CombinedExtractor, on one tensor)."""
+
+    def __init__(self, layout, cnn_options):
+        super().__init__()
+        self.images = [(p.offset, p.size, p.image_shape, p.channels_last, p.scale) for p in layout.of_kind("image")]
+        self.cnns = nn.ModuleList(cnn(shape, **cnn_options) for _, _, shape, _, _ in self.images)
+        self.flat_slices = [(p.offset, p.offset + p.size) for p in layout.pieces if p.kind in ("vector", "onehot")]
+        self.out_dim = (len(self.images) * cnn_options["features"]
+                        + sum(end - start for start, end in self.flat_slices))
+
+    def forward(self, obs):
+        parts = []
+        for (offset, size, (channels, height, width), channels_last, scale), net in zip(self.images, self.cnns):
+            pixels = obs[:, offset:offset + size]
+            if channels_last:
+                # contiguous: a channels-last input would give the conv weights channels-last gradients,
+                # which parameters_to_vector cannot view
+                pixels = pixels.reshape(-1, height, width, channels).permute(0, 3, 1, 2).contiguous()
+            else:
+                pixels = pixels.reshape(-1, channels, height, width)
+            parts.append(net(pixels * scale))
+        parts += [obs[:, start:end] for start, end in self.flat_slices]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+def encoded_mlp(layout, cnn_options, hidden_sizes, out_dim, activation, out_gain):
+    """The network from a packed observation to `out_dim` outputs: today's plain MLP on a flat layout (the
+    fast paths of rl.rollout and rl.fisher apply) when the packed vector holds only features, else Encoder
+    then MLP."""
+    if not layout.of_kind("image") and layout.mask is None:  # the packed vector is the features
+        return mlp(layout.dim, hidden_sizes, out_dim, activation, out_gain)
+    encoder = Encoder(layout, cnn_options)
+    return nn.Sequential(encoder, mlp(encoder.out_dim, hidden_sizes, out_dim, activation, out_gain))

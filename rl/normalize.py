@@ -48,18 +48,30 @@ class RunningMeanStd(nn.Module):
 
 
 class ObservationNormalizer(nn.Module):
-    """(obs - mean) / std, clipped; `enabled=False` makes it the identity but keeps the buffers."""
+    """(obs - mean) / std, clipped; `enabled=False` makes it the identity but keeps the buffers.
 
-    def __init__(self, shape, clip=10.0, enabled=True, epsilon=1e-8):
+    `features`: the indices (into the last dimension) that are normalized, the statistics being theirs alone
+    (`shape` their count); the other features pass through unchanged. None: all of them.
+    """
+
+    def __init__(self, shape, clip=10.0, enabled=True, features=None, epsilon=1e-8):
         super().__init__()
         self.stats = RunningMeanStd(shape)
         self.clip = clip
         self.enabled = enabled
         self.epsilon = epsilon
+        self.features = None if features is None else np.asarray(features, dtype=np.int64)
+        self._feature_index = None if features is None else torch.from_numpy(self.features)
 
     def forward(self, obs):
         if not self.enabled:
             return obs
+        if self.features is not None:
+            index = self._feature_index.to(obs.device)
+            return obs.index_copy(-1, index, self._normalize(obs.index_select(-1, index)))
+        return self._normalize(obs)
+
+    def _normalize(self, obs):
         std = torch.sqrt(self.stats.var + self.epsilon)
         return ((obs - self.stats.mean) / std).clamp(-self.clip, self.clip).to(obs.dtype)
 
@@ -68,11 +80,16 @@ class ObservationNormalizer(nn.Module):
         if not self.enabled:
             return np.asarray(obs, dtype=np.float32)
         mean, var, _ = self.stats.numpy_views()
+        if self.features is not None:
+            out = np.array(obs, dtype=np.float32)
+            out[..., self.features] = _clip_inplace((out[..., self.features] - mean) / np.sqrt(var + self.epsilon),
+                                                    self.clip)
+            return out
         return _clip_inplace((obs - mean) / np.sqrt(var + self.epsilon), self.clip).astype(np.float32)
 
     def update(self, obs):
         if self.enabled:
-            self.stats.update(obs)
+            self.stats.update(obs if self.features is None else np.asarray(obs)[..., self.features])
 
 
 class RewardScaler(nn.Module):

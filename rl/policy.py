@@ -1,14 +1,17 @@
-"""Actor-critic networks: separate MLP actor and critic, Gaussian or Categorical heads."""
+"""Actor and critic assembled from encoders (rl.networks) and heads (rl.distributions): separate networks,
+one head per action space, the action mask applied to the logits it covers."""
 
 import math
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 
 from rl import distributions as D
-from rl.networks import mlp
+from rl.networks import encoded_mlp
 from rl.normalize import ObservationNormalizer, RewardScaler
+from rl.observations import ObservationLayout
 
 
 def _on_parameter_tuples(closed_form, wrap=False):
@@ -25,9 +28,9 @@ def _on_parameter_tuples(closed_form, wrap=False):
 class GaussianActor(nn.Module):
     """Diagonal Gaussian with a state-independent log-std. Parameters: (mean, log_std), each (B, A)."""
 
-    def __init__(self, obs_dim, action_dim, hidden_sizes, activation, init_log_std=0.0):
+    def __init__(self, network, action_dim, init_log_std=0.0):
         super().__init__()
-        self.net = mlp(obs_dim, hidden_sizes, action_dim, activation, out_gain=0.01)  # the mean
+        self.net = network(action_dim, out_gain=0.01)  # the mean
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
     def forward(self, obs):
@@ -52,12 +55,16 @@ class GaussianActor(nn.Module):
 class CategoricalActor(nn.Module):
     """Categorical over K actions. Parameters: (logits,), (B, K)."""
 
-    def __init__(self, obs_dim, num_actions, hidden_sizes, activation):
+    def __init__(self, network, num_actions, mask=None):
         super().__init__()
-        self.net = mlp(obs_dim, hidden_sizes, num_actions, activation, out_gain=0.01)  # the logits
+        self.net = network(num_actions, out_gain=0.01)  # the logits
+        self.mask = mask  # (first, end) of the mask's features in the packed observation, or None
 
     def forward(self, obs):
-        return self.head(self.net(obs))
+        logits = self.net(obs)
+        if self.mask is not None:
+            logits = D.masked_logits(logits, obs[:, self.mask[0]:self.mask[1]])
+        return self.head(logits)
 
     @staticmethod
     def head(logits):
@@ -80,10 +87,11 @@ class MultiCategoricalActor(nn.Module):
     """Independent categoricals, one per dimension of a MultiDiscrete action. Parameters: (logits,),
     (B, sum(sizes)), a block of sizes[d] logits for dimension d."""
 
-    def __init__(self, obs_dim, sizes, hidden_sizes, activation):
+    def __init__(self, network, sizes, mask=None):
         super().__init__()
         self.sizes = tuple(int(k) for k in sizes)
-        self.net = mlp(obs_dim, hidden_sizes, sum(self.sizes), activation, out_gain=0.01)
+        self.net = network(sum(self.sizes), out_gain=0.01)
+        self.mask = mask  # as CategoricalActor's, over all the blocks' logits
 
     forward, head = CategoricalActor.forward, staticmethod(CategoricalActor.head)  # logits, as a categorical's
 
@@ -109,9 +117,10 @@ class MultiCategoricalActor(nn.Module):
 class BernoulliActor(nn.Module):
     """Independent Bernoullis, one per bit of a MultiBinary action. Parameters: (logits,), (B, N)."""
 
-    def __init__(self, obs_dim, num_bits, hidden_sizes, activation):
+    def __init__(self, network, num_bits):
         super().__init__()
-        self.net = mlp(obs_dim, hidden_sizes, num_bits, activation, out_gain=0.01)
+        self.net = network(num_bits, out_gain=0.01)
+        self.mask = None
 
     forward, head = CategoricalActor.forward, staticmethod(CategoricalActor.head)  # logits, as a categorical's
     sample = staticmethod(D.bernoulli_sample)
@@ -124,60 +133,94 @@ class BernoulliActor(nn.Module):
 
 
 class Critic(nn.Module):
-    def __init__(self, obs_dim, hidden_sizes, activation):
+    def __init__(self, network):
         super().__init__()
-        self.net = mlp(obs_dim, hidden_sizes, 1, activation, out_gain=1.0)
+        self.net = network(1, out_gain=1.0)
 
     def forward(self, obs):
         return self.net(obs).squeeze(-1)
 
 
+CNN_DEFAULTS = {"channels": (32, 64, 64), "kernels": (8, 4, 3), "strides": (4, 2, 1), "features": 512}  # Nature
+
+
 class Agent(nn.Module):
     """Everything a trained policy needs: normalizer statistics, actor and critic.
 
-    The networks see normalized observations; `obs_normalizer` turns raw ones into those.
+    The networks see packed (`layout`), normalized observations; `obs_normalizer` turns packed raw ones into
+    those. Only vector pieces are normalized: pixels, one-hots and masks pass through.
     """
 
     def __init__(self, observation_space, action_space, actor_hidden_sizes=(64, 64), critic_hidden_sizes=(64, 64),
                  activation="tanh", init_log_std=0.0, normalize_observations=False, normalize_rewards=False,
-                 clip_observations=10.0, clip_rewards=10.0, gamma=0.99, orthogonal_init=True):
+                 clip_observations=10.0, clip_rewards=10.0, gamma=0.99, orthogonal_init=True, image_keys=None,
+                 action_mask="auto", cnn=None):
         super().__init__()
-        obs_dim = int(math.prod(observation_space.shape))
+        self.layout = ObservationLayout(observation_space, image_keys, action_mask, mask_blocks(action_space))
+        cnn = {**CNN_DEFAULTS, **(cnn or {})}
+        mask = self.layout.mask
+        mask = None if mask is None else (mask.offset, mask.offset + mask.size)
+
+        def actor_network(out_dim, out_gain):
+            return encoded_mlp(self.layout, cnn, actor_hidden_sizes, out_dim, activation, out_gain)
+
         if isinstance(action_space, gym.spaces.Box):
             action_dim = int(math.prod(action_space.shape))
-            self.actor = GaussianActor(obs_dim, action_dim, actor_hidden_sizes, activation, init_log_std)
+            self.actor = GaussianActor(actor_network, action_dim, init_log_std)
         elif isinstance(action_space, gym.spaces.Discrete):
-            self.actor = CategoricalActor(obs_dim, int(action_space.n), actor_hidden_sizes, activation)
+            self.actor = CategoricalActor(actor_network, int(action_space.n), mask)
         elif isinstance(action_space, gym.spaces.MultiDiscrete):
-            self.actor = MultiCategoricalActor(obs_dim, action_space.nvec, actor_hidden_sizes, activation)
+            self.actor = MultiCategoricalActor(actor_network, action_space.nvec, mask)
         elif isinstance(action_space, gym.spaces.MultiBinary):
-            self.actor = BernoulliActor(obs_dim, int(math.prod(action_space.shape)), actor_hidden_sizes, activation)
+            self.actor = BernoulliActor(actor_network, int(math.prod(action_space.shape)))
         else:
             raise ValueError(f"unsupported action space {action_space}")
-        self.critic = Critic(obs_dim, critic_hidden_sizes, activation)
-        if not orthogonal_init:  # PyTorch's default Linear init instead (SB3's ortho_init=False)
+        self.critic = Critic(lambda out_dim, out_gain: encoded_mlp(self.layout, cnn, critic_hidden_sizes, out_dim,
+                                                                   activation, out_gain))
+        if not orthogonal_init:  # PyTorch's default init instead (SB3's ortho_init=False)
             for module in self.modules():
-                if isinstance(module, nn.Linear):
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
                     module.reset_parameters()
-        self.obs_normalizer = ObservationNormalizer((obs_dim,), clip_observations, normalize_observations)
+        features = self.layout.normalized_features()
+        self.obs_normalizer = ObservationNormalizer((self.layout.dim if features is None else len(features),),
+                                                    clip_observations, normalize_observations, features)
         self.reward_scaler = RewardScaler(gamma, clip_rewards, normalize_rewards)
 
     @torch.no_grad()
     def act(self, obs, deterministic=True):
-        """Raw observations (B, obs_dim) -> actions, with the saved normalization applied."""
+        """Packed raw observations (B, D) -> actions, with the saved normalization applied."""
         params = self.actor(self.obs_normalizer(obs))
         return self.actor.mode(*params) if deterministic else self.actor.sample(*params)
+
+
+def mask_blocks(action_space):
+    """The logits an action mask covers, per action dimension: a Discrete's (n,), a MultiDiscrete's nvec;
+    None for the spaces a mask cannot apply to."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return (int(action_space.n),)
+    if isinstance(action_space, gym.spaces.MultiDiscrete):
+        return tuple(int(n) for n in np.asarray(action_space.nvec).reshape(-1))
+    return None
 
 
 def build_agent(cfg, observation_space, action_space):
     """The Agent a run config describes (its `algo` and `env` sections)."""
     algo, env = cfg.algo, cfg.env
+    image_keys = env.get("image_keys", "auto")
     return Agent(observation_space, action_space,
                  actor_hidden_sizes=list(algo.actor_hidden_sizes),
                  critic_hidden_sizes=list(algo.critic_hidden_sizes), activation=algo.activation,
                  init_log_std=algo.init_log_std, normalize_observations=env.normalize_observations,
                  normalize_rewards=env.normalize_rewards, clip_observations=env.clip_observations,
-                 clip_rewards=env.clip_rewards, gamma=algo.gamma, orthogonal_init=algo.orthogonal_init)
+                 clip_rewards=env.clip_rewards, gamma=algo.gamma, orthogonal_init=algo.orthogonal_init,
+                 image_keys=None if image_keys == "auto" else list(image_keys),
+                 action_mask=env.get("action_mask", "auto"), cnn=cnn_options(env))
+
+
+def cnn_options(env):
+    """The CNN an env config asks for (its `cnn_*` keys; runs from before them get Nature-CNN)."""
+    return {key: (list(env[f"cnn_{key}"]) if key != "features" else env[f"cnn_{key}"])
+            for key in CNN_DEFAULTS if f"cnn_{key}" in env}
 
 
 def sync_acting_copy(agent, acting_agent):

@@ -17,7 +17,7 @@ from rl.networks import plain_mlp
 class Rollout:
     """T steps from N envs. Every tensor is (T, N, ...) on one device."""
 
-    obs: torch.Tensor  # (T, N, obs_dim) normalized observations the policy acted on
+    obs: torch.Tensor  # (T, N, D) packed (rl.observations), normalized observations the policy acted on
     actions: torch.Tensor  # (T, N, A) unclipped Gaussian samples, (T, N) discrete or (T, N, D) multi-discrete/binary
     log_probs: torch.Tensor  # (T, N) log pi_old(a|s)
     values: torch.Tensor  # (T, N) V(s)
@@ -78,10 +78,14 @@ class Collector:
     discounted returns for reward scaling, and the episode counters.
     """
 
-    def __init__(self, envs, agent, num_steps, device, seed):
+    def __init__(self, envs, agent, num_steps, device, seed, env_episodes=False):
+        """`env_episodes`: the finished episodes are those the envs report in info["episode"] (Atari's whole
+        games, whose lives are episodes for learning) rather than the ones counted here."""
         self.envs, self.agent, self.num_steps, self.device = envs, agent, num_steps, torch.device(device)
+        self.env_episodes = env_episodes
         num_envs = envs.num_envs
-        obs_dim = int(np.prod(envs.single_observation_space.shape))
+        self.layout = agent.layout  # observations are packed into it as they leave the envs
+        obs_dim = self.layout.dim
         action_space = envs.single_action_space
         # Box actions are float samples, clipped for the env; every other kind is integers (Discrete (N,),
         # MultiDiscrete and MultiBinary (N, D)).
@@ -113,9 +117,9 @@ class Collector:
         # Normalizer statistics as of the last merge across ranks (see merge_running_stats).
         self.merged = [self._snapshot(stats) for stats in self._running_stats()]
         self.env_indices = np.arange(num_envs)
-        obs, _ = envs.reset(seed=seed)
-        check_env_output("observation", obs, 0, self.env_indices)
-        self.obs = obs.reshape(num_envs, obs_dim)
+        obs, info = envs.reset(seed=seed)
+        self.obs = self.layout.pack(obs, info)
+        check_env_output("observation", self.obs, 0, self.env_indices)
         self.discounted_return = np.zeros(num_envs)
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
@@ -143,6 +147,7 @@ class Collector:
             if self.action_low is not None:  # the env gets a clipped action; the buffer keeps the sample
                 env_action = np.minimum(np.maximum(env_action, self.action_low), self.action_high)
             next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
+            next_obs = self.layout.pack(next_obs, info)
             check_env_output("observation", next_obs, global_step + t * num_envs, self.env_indices)
             check_env_output("reward", reward, global_step + t * num_envs, self.env_indices)
             done = terminated | truncated
@@ -150,13 +155,16 @@ class Collector:
             self.episode_return += reward
             self.episode_length += 1
             if done.any():
-                for i in np.flatnonzero(done):
-                    episodes.append((float(self.episode_return[i]), int(self.episode_length[i])))
+                if self.env_episodes:
+                    episodes += reported_episodes(info)
+                else:
+                    episodes += [(float(self.episode_return[i]), int(self.episode_length[i]))
+                                 for i in np.flatnonzero(done)]
                 self.episode_return[done] = 0.0
                 self.episode_length[done] = 0
                 bootstrap = np.flatnonzero(truncated & ~terminated)
                 if bootstrap.size:  # value of the real last state, not of the reset one
-                    final = final_observations(info, bootstrap).reshape(bootstrap.size, -1)
+                    final = self.layout.pack(final_observations(self.layout, info, bootstrap))
                     check_env_output("final observation", final, global_step + t * num_envs, bootstrap)
                     final = normalizer.normalize_numpy(final)
                     self.final_values[t, bootstrap] = agent.critic(torch.from_numpy(final))
@@ -165,7 +173,7 @@ class Collector:
             view["terminated"][t] = terminated
             view["done"][t] = done
             view["bootstrap"][t] = truncated & ~terminated
-            self.obs = next_obs.reshape(num_envs, -1)
+            self.obs = next_obs
 
         # Over several ranks, every rank's new observations and returns join one set of statistics.
         self.merged = [distributed.merge_running_stats(stats, merged)
@@ -190,8 +198,8 @@ class Collector:
     def restart_episodes(self, seed):
         """Start fresh episodes in every env (for a resume where env state could not be saved)."""
         self.merged = [self._snapshot(stats) for stats in self._running_stats()]  # checkpoints follow a merge
-        obs, _ = self.envs.reset(seed=seed)
-        self.obs = obs.reshape(self.envs.num_envs, -1)
+        obs, info = self.envs.reset(seed=seed)
+        self.obs = self.layout.pack(obs, info)
         self.discounted_return[:] = 0.0
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
@@ -211,6 +219,15 @@ class Collector:
         self.discounted_return = state["discounted_return"].numpy().copy()
         self.episode_return = state["episode_return"].numpy().copy()
         self.episode_length = state["episode_length"].numpy().copy()
+
+
+def reported_episodes(info):
+    """(return, length) of the episodes a vector env's RecordEpisodeStatistics reports as ended this step."""
+    final = info.get("final_info", {})
+    if "episode" not in final:
+        return []
+    ended = np.flatnonzero(final["_episode"])
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in ended]
 
 
 @dataclass

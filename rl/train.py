@@ -86,6 +86,7 @@ def train(cfg, run_dir, device, resume_state=None, stop=None):
     seed_everything(cfg.seed)  # the same on every rank: the networks start identical
     envs = make_vector_env(cfg.env.id, cfg.env.num_envs, cfg.env.vectorization, cfg.env.start_method,
                            backend=cfg.env.backend, num_threads=cfg.env.num_threads,
+                           preprocessing=cfg.env.preprocessing, env_wrappers=list(cfg.env.wrappers),
                            **OmegaConf.to_container(cfg.env.kwargs))
     saved = {"saved_step": resume_state["global_step"] if resume_state is not None else None, "step": 0}
     failed = True
@@ -122,7 +123,8 @@ def build(cfg, device, envs):
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     # Rank r's sub-env i is the run's env r * num_envs + i, seeded seed + r * num_envs + i.
     collector = Collector(envs, acting_agent, cfg.algo.num_steps, device,
-                          cfg.seed + distributed.rank() * cfg.env.num_envs)
+                          cfg.seed + distributed.rank() * cfg.env.num_envs,
+                          env_episodes=cfg.env.preprocessing == "atari")
     return Parts(envs, agent, acting_agent, optimizers, generator, collector, algorithm)
 
 
@@ -233,7 +235,8 @@ def _evaluate(cfg, parts, progress, logger, final):
     start = time.perf_counter()
     progress.evaluation = evaluate(parts.acting_agent, cfg.env.id, cfg.eval_episodes, cfg.seed + EVAL_SEED_OFFSET,
                                    OmegaConf.to_container(cfg.env.kwargs), progress=final and logger.interactive,
-                                   backend=cfg.env.backend)
+                                   backend=cfg.env.backend, preprocessing=cfg.env.preprocessing,
+                                   env_wrappers=list(cfg.env.wrappers))
     mean, std = float(np.mean(progress.evaluation[0])), float(np.std(progress.evaluation[0]))
     # The mean length tells a policy that falls early from one that lives the whole episode slowly.
     logger.scalars({"eval/return": mean, "eval/return_std": std,

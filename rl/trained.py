@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from rl import checkpoint
+from rl.observations import MASK_KEY
 from rl.policy import build_agent
 from rl.spaces import SpaceError, space_from_state, space_to_state
 
@@ -99,17 +100,31 @@ class TrainedPolicy:
     def __init__(self, agent, observation_space, action_space, config, global_step=None):
         self.agent = agent.eval()
         self.observation_space = observation_space
-        self.observation_shape = tuple(observation_space.shape)
         self.action_space = action_space
         self.config = config  # the run's config
         self.global_step = global_step  # the training step the weights come from
 
-    def act(self, obs, deterministic=True):
-        """Action(s) for one observation (obs_dim,) or a batch (B, obs_dim); Box actions clipped to bounds."""
-        obs = np.asarray(obs, dtype=np.float32)
-        single = obs.shape == self.observation_shape
-        batch = torch.from_numpy(obs.reshape(1 if single else obs.shape[0], -1))
-        action = self.agent.act(batch, deterministic).numpy()
+    def act(self, obs, deterministic=True, action_mask=None):
+        """Action(s) for one observation or a batch, as the env returns them (an array, or a dict for a Dict
+        space); Box actions clipped to bounds. `action_mask` (K,) or (B, K): the valid actions of a policy
+        trained with env.action_mask=info (without it every action is allowed); a Dict key `action_mask` is
+        read from the observation itself."""
+        layout = self.agent.layout
+        single = layout.is_single(obs)
+        if single:
+            obs = layout.stack([obs])
+        elif not layout.is_dict:
+            obs = np.asarray(obs)
+        info = None
+        if action_mask is not None:
+            info = {MASK_KEY: np.asarray(action_mask, dtype=np.float32).reshape(1, -1) if single else
+                    np.asarray(action_mask, dtype=np.float32)}
+        action = self.act_packed(layout.pack(obs, info), deterministic)
+        return action[0] if single else action
+
+    def act_packed(self, packed, deterministic=True):
+        """Actions (B, ...) for observations already packed by the policy's layout (rl.observations), (B, D)."""
+        action = self.agent.act(torch.from_numpy(np.asarray(packed, dtype=np.float32)), deterministic).numpy()
         if isinstance(self.action_space, gym.spaces.Box):
             action = np.clip(action, self.action_space.low, self.action_space.high)
-        return action[0] if single else action
+        return action

@@ -8,9 +8,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from rl.config import ConfigError, resolve, validate
+from rl.envs import register_namespace
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 NOT_ENVS = {"common", "generic"}
+FAMILIES = {"atari": "ALE/Pong-v5", "minatar": "MinAtar/Breakout-v1", "minigrid": "MiniGrid-DoorKey-5x5-v0"}  # defaults
 ENV_NAMES = sorted(p.stem for p in (CONFIG_DIR / "env").glob("*.yaml") if p.stem not in NOT_ENVS)
 ALGO_NAMES = sorted(p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml"))
 TUNED_NAMES = sorted(p.stem for p in (CONFIG_DIR / "tuned").glob("*.yaml"))
@@ -52,7 +54,7 @@ def test_config_files_were_found():
 def test_env_and_algo_configs_compose_and_validate(algo, env):
     cfg = compose_config(f"algo={algo}", f"env={env}")
     assert cfg.algo.name == algo
-    assert cfg.env.id == env  # one file per gymnasium id, named after it
+    assert cfg.env.id == FAMILIES.get(env, env)  # one file per gymnasium id, named after it, or per family
     assert validate(cfg) in ("cpu", "cuda")
 
 
@@ -60,6 +62,7 @@ def test_env_and_algo_configs_compose_and_validate(algo, env):
 def test_env_configs_name_gymnasium_ids_and_only_common_keys(env, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT warnings into the working directory
     cfg = compose_config(f"env={env}")
+    register_namespace(cfg.env.id)
     gym.spec(cfg.env.id)  # raises for an unregistered id
     common = OmegaConf.load(CONFIG_DIR / "env" / "common.yaml")
     assert set(cfg.env.keys()) == set(common.keys())  # a misspelt key would be a new one

@@ -212,3 +212,28 @@ def test_bernoulli_fisher_product_is_kl_hessian(B, N):
 
     expected = (hessian(kl_of_new, logits.flatten()) @ tangent.flatten()).reshape(B, N)
     assert torch.allclose(D.bernoulli_fisher_product(logits, tangent), expected, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_masked_categoricals_are_the_categoricals_on_the_valid_actions(dtype):
+    # The reference: torch's Categorical on each row's valid logits alone (no masking constant involved).
+    g, K, B = generator(7), 6, 40
+    raw, old_raw = randn(B, K, g=g, scale=3.0).to(dtype), randn(B, K, g=g, scale=3.0).to(dtype)
+    mask = (torch.rand(B, K, generator=g) < 0.5).to(dtype)
+    mask[torch.arange(B), torch.randint(K, (B,), generator=g)] = 1.0
+    logits, old_logits = D.masked_logits(raw, mask), D.masked_logits(old_raw, mask)
+    draws = D.categorical_sample(logits.repeat(500, 1))
+    assert mask.repeat(500, 1).gather(1, draws[:, None]).min() == 1.0  # 20,000 draws: never a masked action
+    assert (mask.gather(1, logits.argmax(-1, keepdim=True)) == 1.0).all()  # nor the mode
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    for i in range(B):
+        valid = mask[i] > 0.5
+        reference, old = Categorical(logits=raw[i][valid]), Categorical(logits=old_raw[i][valid])
+        actions = torch.arange(K)[valid]
+        assert torch.allclose(D.categorical_log_prob(logits[i].expand(len(actions), K), actions),
+                              reference.log_prob(torch.arange(len(actions))), atol=tolerance, rtol=0)
+        assert torch.allclose(D.categorical_entropy(logits[i]), reference.entropy(), atol=tolerance, rtol=0)
+        assert torch.allclose(D.categorical_kl(old_logits[i], logits[i]), kl_divergence(old, reference),
+                              atol=tolerance, rtol=0)
+    for value in (D.categorical_entropy(logits), D.categorical_kl(old_logits, logits)):
+        assert torch.isfinite(value).all()

@@ -1,13 +1,16 @@
 """Both Fisher-vector products against the dense Hessian of the mean KL, computed independently."""
 
+import functools
+
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
 from torch.func import functional_call
 from torch.nn.utils import parameters_to_vector
 
-from rl.fisher import FISHER_VECTOR_PRODUCTS
+from rl.fisher import FISHER_VECTOR_PRODUCTS, _is_plain_mlp_actor
 from rl.policy import Agent
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (5,))
@@ -101,10 +104,117 @@ def test_generic_path_for_other_actors_matches_dense_hessian(kind):
     # An activation outside `mlp`'s set sends the actor down the torch.func jvp/vjp path.
     actor = tiny_actor(kind, seed=11)
     actor.net[1] = torch.nn.Softplus()
-    from rl.fisher import _is_plain_mlp_actor
-
     assert not _is_plain_mlp_actor(actor)
     obs = torch.randn(40, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
     hessian = dense_kl_hessian(actor, kind, obs)
     v = torch.randn(hessian.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(13))
     assert torch.allclose(FISHER_VECTOR_PRODUCTS["analytic"](actor, obs)(v), hessian @ v, rtol=1e-9, atol=1e-11)
+
+
+# Policies on encoded observations (rl.observations, rl.networks.Encoder): a CNN on a channels-last image, a
+# Dict of image, vector and one-hot keys, and masked categoricals. They take the torch.func path; each FVP is
+# checked against the dense Hessian of torch.distributions' KL, on the masked distributions computed without
+# our masking (each sample's categorical restricted to its valid actions).
+SMALL_CNN = {"channels": (3,), "kernels": (3,), "strides": (1,), "features": 6}
+ENCODED = {
+    "cnn": (gym.spaces.Box(0, 255, (6, 5, 2), np.uint8), gym.spaces.Discrete(3)),
+    "dict": (gym.spaces.Dict({"grid": gym.spaces.Box(0, 255, (2, 5, 5), np.uint8),
+                              "position": gym.spaces.Box(-1.0, 1.0, (2,)), "direction": gym.spaces.Discrete(3)}),
+             gym.spaces.Box(-1.0, 1.0, (2,))),
+    "masked_categorical": (gym.spaces.Dict({"x": gym.spaces.Box(-1.0, 1.0, (4,)),
+                                            "action_mask": gym.spaces.MultiBinary(5)}), gym.spaces.Discrete(5)),
+    "masked_multi_categorical": (gym.spaces.Dict({"x": gym.spaces.Box(-1.0, 1.0, (4,)),
+                                                  "action_mask": gym.spaces.MultiBinary(7)}),
+                                 gym.spaces.MultiDiscrete([3, 4])),
+}
+
+
+def encoded_actor(name, seed=0):
+    observation_space, action_space = ENCODED[name]
+    torch.manual_seed(seed)
+    agent = Agent(observation_space, action_space, actor_hidden_sizes=(6,), critic_hidden_sizes=(4,),
+                  init_log_std=-0.4, cnn=SMALL_CNN).double()
+    with torch.no_grad():
+        for p in agent.actor.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return agent
+
+
+def encoded_batch(agent, n, seed):
+    space = agent.layout.spaces if agent.layout.is_dict else None
+    observation_space = gym.spaces.Dict(space) if space is not None else ENCODED["cnn"][0]
+    observation_space.seed(seed)
+    rng = np.random.default_rng(seed)
+    observations = []
+    for _ in range(n):
+        o = observation_space.sample()
+        if isinstance(o, dict) and "action_mask" in o:  # at least one valid value per action dimension
+            blocks = agent.layout.mask.sizes
+            mask = np.zeros(sum(blocks), np.int8)
+            start = 0
+            for size in blocks:
+                mask[start:start + size] = rng.integers(0, 2, size)
+                mask[start + rng.integers(size)] = 1
+                start += size
+            o["action_mask"] = mask
+        observations.append(o)
+    return torch.from_numpy(agent.layout.pack(agent.layout.stack(observations))).double()
+
+
+def masked_reference_kl(agent, old_logits, logits, obs):
+    """Per sample and action dimension, KL of torch's Categorical on the valid logits alone."""
+    mask = agent.layout.mask
+    valid = obs[:, mask.offset:mask.offset + mask.size] > 0.5
+    total = []
+    for i in range(obs.shape[0]):
+        kl, start = 0.0, 0
+        for size in mask.sizes:
+            keep = valid[i, start:start + size]
+            kl = kl + kl_divergence(Categorical(logits=old_logits[i, start:start + size][keep]),
+                                    Categorical(logits=logits[i, start:start + size][keep]))
+            start += size
+        total.append(kl)
+    return torch.stack(total)
+
+
+def encoded_dense_hessian(agent, name, obs):
+    actor = agent.actor
+    names = [n for n, _ in actor.named_parameters()]
+    shapes = [p.shape for p in actor.parameters()]
+    flat = parameters_to_vector(actor.parameters()).detach()
+    masked = name.startswith("masked")
+    with torch.no_grad():
+        old = actor.net(obs) if masked else actor(obs)  # masked: the raw logits, before our masking
+
+    def mean_kl(weights):
+        tensors = {n: t.view(s) for n, t, s in zip(names, torch.split(weights, [s.numel() for s in shapes]), shapes)}
+        if masked:
+            net_tensors = {n[len("net."):]: t for n, t in tensors.items()}
+            return masked_reference_kl(agent, old[0] if isinstance(old, tuple) else old,
+                                       functional_call(actor.net, net_tensors, (obs,)), obs).mean()
+        kind = "gaussian" if name == "dict" else "categorical"
+        return reference_kl(kind, old, functional_call(actor, tensors, (obs,))).mean()
+
+    return torch.autograd.functional.hessian(mean_kl, flat, vectorize=not masked)
+
+
+@functools.cache
+def encoded_case(name):
+    """(agent, observations, dense Hessian), shared by both FVP methods (the Hessian is the slow part)."""
+    agent = encoded_actor(name)
+    obs = encoded_batch(agent, 24, seed=1)
+    return agent, obs, encoded_dense_hessian(agent, name, obs)
+
+
+@pytest.mark.parametrize("name", list(ENCODED))
+@pytest.mark.parametrize("method", ["analytic", "hessian"])
+def test_fvp_of_encoded_and_masked_policies_matches_dense_kl_hessian(name, method):
+    agent, obs, hessian = encoded_case(name)
+    assert not _is_plain_mlp_actor(agent.actor)  # the generic torch.func path
+    assert hessian.abs().max() > 1e-3  # a real curvature, not a vanishing one
+    product = FISHER_VECTOR_PRODUCTS[method](agent.actor, obs)
+    vectors = torch.randn(3, hessian.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for v in vectors:
+        expected = hessian @ v
+        got = product(v)
+        assert torch.allclose(got, expected, rtol=1e-8, atol=1e-10), (got - expected).abs().max()

@@ -6,6 +6,13 @@ maximum every time; a random one scores the expected number of chance matches.
 - MatchDigits-v0: MultiDiscrete([3, 4, 2]); target one-hot per dimension (9 inputs); reward up to 3, random
   1/3 + 1/4 + 1/2 = 1.083.
 - MatchBits-v0: MultiBinary(5); target bits as +/-1 (5 inputs); reward up to 5, random 2.5.
+- PickValid-v0: Discrete(16) of which two are valid each step, named by a Dict key `action_mask`; the key
+  `higher` (Discrete(2)) says whether the valid action with the higher index pays 1 (the other valid one
+  pays 0.2, an invalid one 0). A masked policy only has to learn which of its two to take from `higher`
+  (random: 0.6); an unmasked one must also find the two among sixteen from the mask bits (random: 0.075).
+  PickValidInfo-v0: the same with the mask in `info["action_mask"]` and `higher` as a Box of one feature.
+  strict=True makes an invalid action an error, so a run that ever takes one fails. Its state is saved in
+  checkpoints (snapshot_state / restore_state), so its runs resume exactly.
 """
 
 import gymnasium as gym
@@ -53,5 +60,46 @@ class MatchBits(gym.Env):
         return self._observe(), reward, True, False, {}
 
 
+PICKS = 16
+
+
+class PickValid(gym.Env):
+    def __init__(self, mask_in_info=False, strict=False):
+        self.mask_in_info, self.strict = mask_in_info, strict
+        higher = gym.spaces.Box(0.0, 1.0, (1,), np.float32) if mask_in_info else gym.spaces.Discrete(2)
+        self.observation_space = higher if mask_in_info else gym.spaces.Dict(
+            {"higher": higher, "action_mask": gym.spaces.MultiBinary(PICKS)})
+        self.action_space = gym.spaces.Discrete(PICKS)
+
+    def _observe(self):
+        self.valid = np.sort(self.np_random.choice(PICKS, 2, replace=False))
+        self.higher = int(self.np_random.integers(2))
+        mask = np.zeros(PICKS, dtype=np.int8)
+        mask[self.valid] = 1
+        if self.mask_in_info:
+            return np.array([self.higher], dtype=np.float32), {"action_mask": mask}
+        return {"higher": self.higher, "action_mask": mask}, {}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._observe()
+
+    def snapshot_state(self):
+        return {"valid": self.valid.tolist(), "higher": self.higher}
+
+    def restore_state(self, state):
+        self.valid, self.higher = np.array(state["valid"]), int(state["higher"])
+
+    def step(self, action):
+        if self.strict and action not in self.valid:
+            raise ValueError(f"action {action} is masked (valid: {self.valid.tolist()})")
+        paid = self.valid[self.higher]
+        reward = 1.0 if action == paid else 0.2 if action in self.valid else 0.0
+        obs, info = self._observe()
+        return obs, reward, True, False, info
+
+
 gym.register("MatchDigits-v0", entry_point=MatchDigits)
 gym.register("MatchBits-v0", entry_point=MatchBits)
+gym.register("PickValid-v0", entry_point=PickValid)
+gym.register("PickValidInfo-v0", entry_point=PickValid, kwargs={"mask_in_info": True})
