@@ -4,7 +4,10 @@
     python -m rl.export runs/... checkpoint=best format=torchscript out=hopper.pt
     python -m rl.export runs/... deterministic=false                  # the distribution's parameters instead
 
-The graph takes raw observations as the env gives them, batched (B, *observation shape), float32, and returns
+The graph takes raw observations as the env gives them, batched (B, *observation shape), float32 (for any
+other space than a Box of features: the packed vector of rl.observations, (B, D), which is
+gymnasium.spaces.flatten of the observation, with the info's action mask appended when the run read one
+there; the JSON's "layout" lists the pieces), and returns
 what the env accepts: the saved observation normalization, the actor, then the Gaussian's mean clipped to the
 Box bounds (float32) or the arg-max of the logits (int64). With deterministic=false it returns the
 distribution's parameters as named outputs (mean and log_std, or logits) for the caller to sample.
@@ -85,10 +88,15 @@ def exportable(policy):
     from rl.policy import BernoulliActor, CategoricalActor, GaussianActor, MultiCategoricalActor
 
     known = (GaussianActor, CategoricalActor, MultiCategoricalActor, BernoulliActor)
-    if not isinstance(policy.agent.actor, known) or \
-            not isinstance(policy.observation_space, gym.spaces.Box):
-        raise ExportError(f"cannot export a {type(policy.agent.actor).__name__} policy on "
-                          f"{type(policy.observation_space).__name__} observations yet")
+    if not isinstance(policy.agent.actor, known):
+        raise ExportError(f"cannot export a {type(policy.agent.actor).__name__} policy yet")
+
+
+def input_shape(policy):
+    """The exported graph's observation shape without the batch: the raw one for a Box of features, else the
+    packed vector's."""
+    layout = policy.agent.layout
+    return tuple(policy.observation_space.shape) if layout.flat else (layout.dim,)
 
 
 def to_bytes(policy, deterministic, file_format):
@@ -96,7 +104,7 @@ def to_bytes(policy, deterministic, file_format):
     onnxscript needed), or a traced TorchScript module."""
     names = output_names(policy.action_space, deterministic)
     module = DeployedPolicy(policy.agent, policy.action_space, deterministic).eval()
-    example = torch.zeros((2, *policy.observation_space.shape), dtype=torch.float32)
+    example = torch.zeros((2, *input_shape(policy)), dtype=torch.float32)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notices: not the user's concern
@@ -129,35 +137,52 @@ def runner(data, file_format):
 
 
 def recorded_observations(policy, count=CHECK_OBSERVATIONS, seed=0):
-    """`count` observations the policy meets in its env (episodes restart as they end), or, when the env cannot
-    be made here, samples of the observation space. Returns (observations, where they came from)."""
+    """`count` observations the policy meets in its env (made as its evaluation makes it; episodes restart as
+    they end), or, when the env cannot be made here, samples of the observation space (masks all ones), in
+    the exported graph's input form (raw, or packed). Returns (observations (count, ...) float32, source)."""
     from omegaconf import OmegaConf
 
+    from rl.envs import make_vector_env
+    from rl.observations import MASK_KEY
+
+    env_cfg, layout = policy.config.env, policy.agent.layout
     try:
-        env = gym.make(policy.config.env.id, **OmegaConf.to_container(policy.config.env.kwargs))
+        envs = make_vector_env(env_cfg.id, 1, "sync", preprocessing=env_cfg.get("preprocessing", "none"),
+                               env_wrappers=list(env_cfg.get("wrappers", [])), training=False,
+                               **OmegaConf.to_container(env_cfg.kwargs))
     except Exception:  # noqa: BLE001 (any env that cannot be made: the check falls back to the space)
         policy.observation_space.seed(seed)
-        return np.stack([policy.observation_space.sample() for _ in range(count)]).astype(np.float32), "space"
-    observations, (obs, _) = [], env.reset(seed=seed)
+        samples = [policy.observation_space.sample() for _ in range(count)]
+        if layout.mask_source == "observation":
+            samples = [{**o, MASK_KEY: np.ones_like(o[MASK_KEY])} for o in samples]
+        packed = layout.pack(layout.stack(samples))
+        return _graph_input(policy, packed, samples), "space"
+    observations, raw, (obs, info) = [], [], envs.reset(seed=seed)
     while len(observations) < count:
-        observations.append(np.asarray(obs, dtype=np.float32))
-        obs, _, terminated, truncated, _ = env.step(policy.act(obs))
-        if terminated or truncated:
-            obs, _ = env.reset()
-    env.close()
-    return np.stack(observations), "env"
+        packed = layout.pack(obs, info)
+        observations.append(packed[0])
+        raw.append(obs[0] if layout.flat else None)
+        obs, _, _, _, info = envs.step(policy.act_packed(packed, deterministic=True))  # same-step autoreset
+    envs.close()
+    return _graph_input(policy, np.stack(observations), raw), "env"
+
+
+def _graph_input(policy, packed, raw):
+    if policy.agent.layout.flat:
+        return np.stack([np.asarray(o) for o in raw]).astype(np.float32)
+    return packed.astype(np.float32)
 
 
 def check(policy, data, file_format, deterministic):
     """Compare the exported file with the policy on recorded observations. Returns the check's record."""
     observations, source = recorded_observations(policy)
     outputs = runner(data, file_format)(observations)
+    packed = observations.reshape(len(observations), -1)  # the packed form (a reshape for raw features)
     if deterministic:
-        expected = [policy.act(observations)]
+        expected = [policy.act_packed(packed)]
     else:
         with torch.no_grad():
-            params = policy.agent.actor(policy.agent.obs_normalizer(
-                torch.from_numpy(observations.reshape(len(observations), -1))))
+            params = policy.agent.actor(policy.agent.obs_normalizer(torch.from_numpy(packed)))
         expected = [t.detach().numpy() for t in params]
     worst = 0.0
     for got, want in zip(outputs, expected):
@@ -201,14 +226,18 @@ def export(run_dir, options):
     described = {gym.spaces.Box: "Gaussian mean, clipped to the action bounds", gym.spaces.Discrete: "arg-max action",
                  gym.spaces.MultiDiscrete: "arg-max of each dimension's categorical",
                  gym.spaces.MultiBinary: "each bit whose logit is > 0"}[type(policy.action_space)]
+    layout = policy.agent.layout
     with torch.no_grad():
-        flat_obs = torch.zeros(1, int(np.prod(policy.observation_space.shape)))
-        widths = [int(t.shape[-1]) for t in policy.agent.actor(flat_obs)]  # each parameter's width
+        widths = [int(t.shape[-1]) for t in policy.agent.actor(torch.zeros(1, layout.dim))]  # each output's width
     record = {
         "file": os.path.abspath(out),
         "format": file_format,
-        "inputs": [{"name": "obs", "shape": ["batch", *policy.observation_space.shape], "dtype": "float32",
-                    "what": "raw observations, as the env returns them"}],
+        "inputs": [{"name": "obs", "shape": ["batch", *input_shape(policy)], "dtype": "float32",
+                    "what": "raw observations, as the env returns them" if layout.flat else
+                    "gymnasium.spaces.flatten(observation_space, obs)" +
+                    (", then info['action_mask'] (ones where absent)" if layout.mask_source == "info" else "")}],
+        "layout": layout.describe(),
+        "action_mask": layout.mask_source,  # None, "observation" (a Dict key) or "info"
         "outputs": ([{"name": "action", "shape": ["batch", *policy.action_space.shape],
                       "dtype": "float32" if box else "int64", "what": described}]
                     if deterministic else [{"name": name, "shape": ["batch", width], "dtype": "float32"}
@@ -216,6 +245,8 @@ def export(run_dir, options):
         "observation_space": space_to_state(policy.observation_space),
         "action_space": space_to_state(policy.action_space),
         "env": policy.config.env.id,
+        "env_preprocessing": policy.config.env.get("preprocessing", "none"),
+        "env_wrappers": list(policy.config.env.get("wrappers", [])),
         "algo": policy.config.algo.name,
         "run_dir": os.path.abspath(run_dir),
         "checkpoint": os.path.basename(path),
