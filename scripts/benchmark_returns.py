@@ -48,7 +48,9 @@ def cell_name(algo, name=None):
 
 
 def jobs_from_matrix(matrix):
-    """[{env, algo, name, overrides, seed}] from {"seeds": [...], "cells": [{env, algo, name?, overrides?, seeds?}]}."""
+    """[{env, algo, name, overrides, seed, folder}] from {"seeds": [...], "cells": [{env, algo, name?, id?,
+    overrides?, seeds?}]}. `id`: the env id for a family config (env=minatar, id=MinAtar/Breakout-v1); the
+    results' folder is named after it ("/" -> "-"), else after `env`."""
     jobs = []
     cells = matrix["cells"]
     seeds = sorted({seed for cell in cells for seed in cell.get("seeds", matrix.get("seeds", []))})
@@ -56,8 +58,9 @@ def jobs_from_matrix(matrix):
         for cell in cells:
             if seed in cell.get("seeds", matrix.get("seeds", [])):
                 jobs.append({"env": cell["env"], "algo": cell["algo"], "name": cell.get("name"),
-                             "overrides": list(cell.get("overrides", [])) + list(matrix.get("overrides", [])),
-                             "seed": seed})
+                             "overrides": ([f"env.id={cell['id']}"] if "id" in cell else []) +
+                             list(cell.get("overrides", [])) + list(matrix.get("overrides", [])),
+                             "seed": seed, "folder": cell.get("id", cell["env"]).replace("/", "-")})
     return jobs
 
 
@@ -129,7 +132,7 @@ def main(argv=None):
 
     pending = []
     for job in jobs:
-        where = Path(job["env"]) / cell_name(job["algo"], job["name"]) / f"seed{job['seed']}"
+        where = Path(job.get("folder", job["env"])) / cell_name(job["algo"], job["name"]) / f"seed{job['seed']}"
         result_dir, run_dir = args.out / where, args.runs_dir / where
         if args.recollect and (run_dir / "summary.json").exists() and (result_dir / "summary.json").exists():
             if args.dry_run:

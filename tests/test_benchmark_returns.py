@@ -113,6 +113,14 @@ def test_matrix_file_orders_jobs_seed_first(tmp_path):
         {"env": "A", "algo": "ppo", "seeds": [2]}]})
     assert [(j["algo"], j["name"], j["seed"]) for j in jobs] == [("trpo", "x", 1), ("trpo", "x", 2), ("ppo", None, 2)]
     assert jobs[0]["overrides"] == ["algo.max_kl=0.03"]
+    assert jobs[0]["folder"] == "A"
+
+
+def test_a_family_cell_names_its_env_id_and_its_folder_after_it():
+    [job] = scripts_path.script("benchmark_returns").jobs_from_matrix({"seeds": [1], "cells": [
+        {"env": "minatar", "id": "MinAtar/Breakout-v1", "algo": "ppo", "overrides": ["algo.num_steps=64"]}]})
+    assert job["overrides"] == ["env.id=MinAtar/Breakout-v1", "algo.num_steps=64"]
+    assert job["folder"] == "MinAtar-Breakout-v1"
 
 
 def tensorboard_scalars(run_dir, tag):
