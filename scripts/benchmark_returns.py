@@ -60,14 +60,16 @@ def jobs_from_matrix(matrix):
                 jobs.append({"env": cell["env"], "algo": cell["algo"], "name": cell.get("name"),
                              "overrides": ([f"env.id={cell['id']}"] if "id" in cell else []) +
                              list(cell.get("overrides", [])) + list(matrix.get("overrides", [])),
-                             "seed": seed, "folder": cell.get("id", cell["env"]).replace("/", "-")})
+                             "seed": seed, "id": cell.get("id"),
+                             "folder": cell.get("id", cell["env"]).replace("/", "-")})
     return jobs
 
 
 def command(job, run_dir, resume=False):
-    if job["algo"] in SB3_ALGOS:
+    if job["algo"] in SB3_ALGOS:  # a family cell's env id is the env SB3 makes; its wrappers come as options
+        overrides = [o for o in job["overrides"] if not o.startswith("env.id=")]
         return [sys.executable, str(REPO / "scripts" / "sb3_baseline.py"), f"--algo={job['algo'][4:]}",
-                f"--env={job['env']}", f"--seed={job['seed']}", f"--out={run_dir}", *job["overrides"]]
+                f"--env={job.get('id') or job['env']}", f"--seed={job['seed']}", f"--out={run_dir}", *overrides]
     if resume:
         return results.train_command(None, f"resume={run_dir}")
     return results.train_command(run_dir, f"algo={job['algo']}", f"env={job['env']}", f"seed={job['seed']}",

@@ -9,6 +9,11 @@ the zoo's tuned `-v3` values); extra `key=value` arguments override the recipe's
 Evaluation matches `rl.train`: every `--eval-every-steps` and at the end, `--eval-episodes` episodes of the
 deterministic policy on fresh envs seeded seed + 10000 + i, observations normalized with the training
 statistics frozen, raw rewards. Writes <out>/summary.json (the keys of rl.train's) and <out>/curve.csv.
+
+Beyond flat vectors, as `rl`'s family configs have them: a Dict observation takes SB3's MultiInputPolicy
+(PointMaze: SB3's PPO defaults with 4 envs, vector keys normalized), and MiniGrid (`--wrapper
+minigrid.wrappers:ImgObsWrapper`) a CnnPolicy whose features extractor is `rl`'s MiniGrid CNN (Nature-CNN
+cannot take a 7x7 image) with configs/tuned/ppo_minigrid.yaml's hyperparameters.
 """
 
 import argparse
@@ -38,8 +43,16 @@ ZOO_MUJOCO_TRPO = dict(n_envs=2, batch_size=128, n_steps=1024, gamma=0.99, gae_l
                        cg_max_steps=25, cg_damping=0.1, n_critic_updates=20, learning_rate=1e-3)
 
 
+MINIGRID_PPO = dict(n_envs=8, n_steps=128, batch_size=256, n_epochs=4, learning_rate=1e-3, ent_coef=0.01,
+                    gamma=0.99, gae_lambda=0.95, clip_range=0.2)  # as configs/tuned/ppo_minigrid.yaml
+
+
 def recipe(algo, env_id):
     """(keyword arguments, policy settings) of the zoo recipe for this pair."""
+    if env_id.startswith("MiniGrid-") and algo == "ppo":
+        return dict(MINIGRID_PPO), {"minigrid_cnn": True, "anneal_learning_rate": True}
+    if env_id.startswith("PointMaze_"):
+        return {"n_envs": 4}, {}  # SB3's PPO / TRPO defaults (2048-step rollouts), as rl's defaults are
     family = env_id.split("-")[0]
     if algo == "trpo":
         kwargs = dict(ZOO_MUJOCO_TRPO)
@@ -53,11 +66,38 @@ def recipe(algo, env_id):
     return {"n_envs": 1}, {}
 
 
-def evaluate(model, venv, env_id, episodes, seed):
+def make_env(env_id, wrappers):
+    return make_wrapped(gym.make(env_id), wrappers)
+
+
+def minigrid_extractor():
+    """A features extractor with rl's MiniGrid CNN (configs/env/minigrid.yaml): 2x2 convs of 16, 32, 64
+    channels, stride 1, then 64 features; the same layer sizes and ReLUs as rl.networks.cnn builds."""
+    import torch
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+    class MiniGridCNN(BaseFeaturesExtractor):
+        def __init__(self, observation_space, features_dim=64):
+            super().__init__(observation_space, features_dim)
+            channels = observation_space.shape[0]  # SB3 transposes images to CHW
+            self.convs = torch.nn.Sequential(
+                torch.nn.Conv2d(channels, 16, 2), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 2), torch.nn.ReLU(),
+                torch.nn.Conv2d(32, 64, 2), torch.nn.ReLU(), torch.nn.Flatten())
+            with torch.no_grad():
+                flat = self.convs(torch.zeros(1, *observation_space.shape)).shape[1]
+            self.linear = torch.nn.Sequential(torch.nn.Linear(flat, features_dim), torch.nn.ReLU())
+
+        def forward(self, obs):
+            return self.linear(self.convs(obs))
+
+    return MiniGridCNN
+
+
+def evaluate(model, venv, env_id, episodes, seed, wrappers=()):
     """(returns, lengths) of `episodes` deterministic episodes."""
     returns, lengths = [], []
     for i in range(episodes):
-        env = gym.make(env_id)
+        env = make_env(env_id, wrappers)
         obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET + i)
         total, length, done = 0.0, 0, False
         while not done:
@@ -88,7 +128,12 @@ def main():
     parser.add_argument("--eval-every-steps", type=int, default=40_960, help="as rl.train's eval_every=20 x 2048")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (rl.train's default is 1)")
+    parser.add_argument("--wrapper", action="append", default=[], help="package.module:Wrapper for each env")
     args = parser.parse_args()
+    from rl.envs import load_wrapper, register_namespace
+
+    register_namespace(args.env)
+    wrappers = [load_wrapper(path) for path in args.wrapper]
 
     import torch
     from sb3_contrib import TRPO
@@ -109,15 +154,30 @@ def main():
             kwargs[key] = yaml.safe_load(value)
     n_envs = kwargs.pop("n_envs")
     gamma = kwargs.get("gamma", 0.99)
-    venv = VecNormalize(make_vec_env(args.env, n_envs=n_envs, seed=args.seed), gamma=gamma)
+    probe = make_env(args.env, wrappers)
+    space = probe.observation_space
+    probe.close()
+    image = isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+    dict_space = isinstance(space, gym.spaces.Dict)
+    venv = VecNormalize(make_vec_env(args.env, n_envs=n_envs, seed=args.seed,
+                                     wrapper_class=(lambda env: make_wrapped(env, wrappers)) if wrappers else None),
+                        gamma=gamma, norm_obs=not image, norm_reward=not image)
     policy_kwargs = {}
-    if policy:
+    policy_name = "MultiInputPolicy" if dict_space else "CnnPolicy" if image else "MlpPolicy"
+    if policy.get("minigrid_cnn"):
+        policy_kwargs = dict(features_extractor_class=minigrid_extractor(), net_arch=dict(pi=[64], vf=[64]),
+                             activation_fn=torch.nn.Tanh)
+    elif policy:
         policy_kwargs = dict(log_std_init=policy["log_std_init"], ortho_init=policy["ortho_init"],
                              activation_fn=torch.nn.ReLU,
                              net_arch=dict(pi=policy["net_arch"], vf=policy["net_arch"]))
     cls = PPO if args.algo == "ppo" else TRPO
-    model = cls("MlpPolicy", venv, seed=args.seed, device="cpu", policy_kwargs=policy_kwargs or None, verbose=0,
-                tensorboard_log=str(args.out / "tensorboard"), **kwargs)
+    schedule = {}
+    if policy.get("anneal_learning_rate"):  # linearly to 0, as rl's anneal_learning_rate
+        initial = kwargs["learning_rate"]
+        schedule["learning_rate"] = lambda remaining: initial * remaining
+    model = cls(policy_name, venv, seed=args.seed, device="cpu", policy_kwargs=policy_kwargs or None, verbose=0,
+                tensorboard_log=str(args.out / "tensorboard"), **{**kwargs, **schedule})
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows, recent = [], []
@@ -146,7 +206,8 @@ def main():
             self.finished, self.finished_lengths = [], []
             if step >= self.next_eval or step >= args.total_timesteps:
                 self.next_eval += args.eval_every_steps
-                row.update(evaluation_columns(*evaluate(self.model, venv, args.env, args.eval_episodes, args.seed)))
+                row.update(evaluation_columns(*evaluate(self.model, venv, args.env, args.eval_episodes, args.seed,
+                                                        wrappers)))
             rows.append(row)
 
     start = time.perf_counter()
@@ -154,7 +215,7 @@ def main():
     wall = time.perf_counter() - start
     if not rows or rows[-1]["eval_return"] == "":  # the last rollout was not evaluated yet
         rows.append({"step": model.num_timesteps, "train_return": "", "train_length": "",
-                     **evaluation_columns(*evaluate(model, venv, args.env, args.eval_episodes, args.seed))})
+                     **evaluation_columns(*evaluate(model, venv, args.env, args.eval_episodes, args.seed, wrappers))})
     final = rows[-1]
     best = max((row for row in rows if row["eval_return"] != ""), key=lambda row: row["eval_return"])
     with open(args.out / "curve.csv", "w", newline="") as f:
@@ -168,10 +229,17 @@ def main():
         "eval_return_mean": final["eval_return"], "eval_return_std": final["eval_return_std"],
         "eval_episodes": args.eval_episodes, "best_eval_return_mean": best["eval_return"], "best_eval_step": best["step"],
         "train_return_mean_last100": float(np.mean(recent[-100:])) if recent else None,
-        "recipe": {**kwargs, "n_envs": n_envs, "policy": policy},
+        "recipe": {**kwargs, "n_envs": n_envs, "policy": policy, "policy_class": policy_name,
+                   "wrappers": args.wrapper},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"done: {summary['total_timesteps']} steps in {wall:.0f}s, eval return {final['eval_return']:.1f}")
+
+
+def make_wrapped(env, wrappers):
+    for wrapper in wrappers:
+        env = wrapper(env)
+    return env
 
 
 if __name__ == "__main__":

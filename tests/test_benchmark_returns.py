@@ -121,6 +121,11 @@ def test_a_family_cell_names_its_env_id_and_its_folder_after_it():
         {"env": "minatar", "id": "MinAtar/Breakout-v1", "algo": "ppo", "overrides": ["algo.num_steps=64"]}]})
     assert job["overrides"] == ["env.id=MinAtar/Breakout-v1", "algo.num_steps=64"]
     assert job["folder"] == "MinAtar-Breakout-v1"
+    [sb3] = scripts_path.script("benchmark_returns").jobs_from_matrix({"seeds": [1], "cells": [
+        {"env": "minigrid", "id": "MiniGrid-DoorKey-5x5-v0", "algo": "sb3-ppo", "overrides": ["--wrapper=w:W"]}]})
+    cmd = scripts_path.script("benchmark_returns").command(sb3, "out")
+    assert "--env=MiniGrid-DoorKey-5x5-v0" in cmd and "--wrapper=w:W" in cmd
+    assert not any(part.startswith("env.id=") for part in cmd)
 
 
 def tensorboard_scalars(run_dir, tag):
