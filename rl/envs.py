@@ -32,12 +32,14 @@ def make_vector_env(env_id, num_envs, vectorization="sync", start_method=None, w
 
     backend "gymnasium": gymnasium's sync or async vector env, each sub-env wrapped in the `preprocessing`
     wrappers (Atari's differ for training and evaluation: see atari_wrappers), the `env_wrappers` a config
-    names (`env.wrappers`), Snapshot, SubEnv, then `wrappers`. backend "envpool": EnvPool's thread pool (`num_threads`, 0 = its default); see envpool_env.
+    names (`env.wrappers`), Snapshot, SubEnv, then `wrappers`. backend "envpool": EnvPool's thread pool
+    (`num_threads`, 0 = its default), Atari with EnvPool's own preprocessing set to match; see envpool_env.
     """
     if backend == "envpool":
         from rl.envpool_env import EnvPoolVectorEnv
 
-        return EnvPoolVectorEnv(env_id, num_envs, num_threads, **env_kwargs)
+        return EnvPoolVectorEnv(env_id, num_envs, num_threads, atari=preprocessing == "atari", training=training,
+                                **env_kwargs)
     register_namespace(env_id)
     vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP}
     if vectorization == "async":
@@ -312,10 +314,10 @@ def check_env_id(env_id, backend="gymnasium"):
     """
     if backend == "envpool":
         try:
-            from rl.envpool_env import available_ids
+            from rl.envpool_env import available_ids, envpool_id
         except ImportError:
             raise ValueError('env.backend=envpool needs EnvPool: pip install -e ".[envpool]"') from None
-        if env_id not in available_ids():
+        if envpool_id(env_id) not in available_ids():
             raise ValueError("not an EnvPool env (see envpool.list_all_envs())")
         return
     register_namespace(env_id)

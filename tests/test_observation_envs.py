@@ -128,11 +128,11 @@ def test_atari_trains_on_stacked_frames_and_the_policy_acts_on_them(runs):
     assert 0 <= int(policy.act(frames)) < 4
 
 
-def play_a_game(training, seed=0):
+def play_a_game(training, backend, seed=0):
     """One game of Breakout with random actions through the Atari preprocessing: (episode ends, rewards
     seen, the game's reported (score, frames))."""
-    envs = make_vector_env("ALE/Breakout-v5", 1, preprocessing="atari", training=training, frameskip=1,
-                           repeat_action_probability=0.0)
+    envs = make_vector_env("ALE/Breakout-v5", 1, preprocessing="atari", training=training, backend=backend,
+                           frameskip=1, repeat_action_probability=0.0)
     rng = np.random.default_rng(seed)
     obs, _ = envs.reset(seed=seed)
     assert obs.shape == (1, 4, 84, 84) and obs.dtype == np.uint8
@@ -147,12 +147,13 @@ def play_a_game(training, seed=0):
             return ends, rewards, (float(final["episode"]["r"][0]), int(final["episode"]["l"][0]))
 
 
-def test_atari_training_ends_episodes_at_lost_lives_and_reports_whole_games():
-    ends, rewards, (score, frames) = play_a_game(training=True)
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])  # EnvPool's own preprocessing, set to match
+def test_atari_training_ends_episodes_at_lost_lives_and_reports_whole_games(backend):
+    ends, rewards, (score, frames) = play_a_game(training=True, backend=backend)
     assert ends == 5  # Breakout's five lives, each an episode for learning, one game reported
     assert set(rewards) <= {0.0, 1.0} and score >= sum(rewards)  # clipped rewards; the raw score
     assert frames >= 4 * len(rewards)  # frames of the raw game (4 a step, and no-ops at resets)
-    eval_ends, eval_rewards, (eval_score, _) = play_a_game(training=False)
+    eval_ends, eval_rewards, (eval_score, _) = play_a_game(training=False, backend=backend)
     assert eval_ends == 1 and eval_score == sum(eval_rewards)  # evaluation: whole games, raw rewards
 
 
