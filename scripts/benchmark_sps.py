@@ -19,6 +19,11 @@ actor and critic, observation/reward normalization (VecNormalize) where our conf
 `--env-only` adds the limit: the same sync vector env stepped with random actions, no learning. Our wall
 time is the run's (`summary.json`: set-up and the final checkpoint included, evaluation off); SB3's is
 `learn()` alone.
+
+An env of a family config is named `<family>:<id>`, e.g. `--envs atari:ALE/Pong-v5` (configs/env/atari.yaml
+and configs/tuned/ppo_atari.yaml; EnvPool's Atari with `--backends envpool`). SB3's side is then its own Atari
+stack (make_atari_env: AtariWrapper, VecFrameStack 4) with CnnPolicy, the same hyperparameters, and its
+default of one CNN shared by actor and critic (ours are separate: twice the CNN work per update).
 """
 
 import argparse
@@ -41,17 +46,25 @@ FRAMEWORKS = {  # name -> (algo, anchor it is compared with)
 }
 
 
-def composed_config(algo, env_id, num_envs, steps):
+def env_overrides(env_spec):
+    """`env=...` overrides for an env spec: a config named after its id, or `<family>:<id>` (a family config)."""
+    family, _, env_id = env_spec.partition(":")
+    if env_id and (REPO / "configs" / "env" / f"{family}.yaml").exists():
+        return [f"env={family}", f"env.id={env_id}"]
+    return [f"env={env_spec}"]
+
+
+def composed_config(algo, env_spec, num_envs, steps):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose("config", overrides=[f"algo={algo}", f"env={env_id}", f"env.num_envs={num_envs}",
+        return compose("config", overrides=[f"algo={algo}", *env_overrides(env_spec), f"env.num_envs={num_envs}",
                                             f"total_timesteps={steps}"])
 
 
 def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium", compile=False):
     with tempfile.TemporaryDirectory() as run_dir:
-        results.train(run_dir, f"algo={algo}", f"env={env_id}", f"env.num_envs={num_envs}",
+        results.train(run_dir, f"algo={algo}", *env_overrides(env_id), f"env.num_envs={num_envs}",
                       f"total_timesteps={steps}", f"device={device}", f"torch_threads={threads}",
                       f"env.backend={backend}", *([f"algo.compile={str(compile).lower()}"] if algo == "ppo" else []),
                       "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", cwd=REPO)
@@ -76,27 +89,40 @@ def run_sb3(algo, env_id, num_envs, steps, device, threads):
 
     cfg = composed_config(algo, env_id, num_envs, steps)
     a, e = cfg.algo, cfg.env
-    venv = make_vec_env(env_id, n_envs=num_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
+    atari = e.preprocessing == "atari"
+    if atari:
+        import ale_py
+        import gymnasium as gym
+        from stable_baselines3.common.env_util import make_atari_env
+        from stable_baselines3.common.vec_env import VecFrameStack
+
+        gym.register_envs(ale_py)
+        venv = VecFrameStack(make_atari_env(e.id, n_envs=num_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv,
+                                            env_kwargs=dict(e.kwargs)), 4)
+    else:
+        venv = make_vec_env(env_id, n_envs=num_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
     if e.normalize_observations or e.normalize_rewards:
         venv = VecNormalize(venv, norm_obs=e.normalize_observations, norm_reward=e.normalize_rewards,
                             clip_obs=e.clip_observations, clip_reward=e.clip_rewards, gamma=a.gamma)
     policy_kwargs = dict(net_arch=dict(pi=list(a.actor_hidden_sizes), vf=list(a.critic_hidden_sizes)),
-                         activation_fn=torch.nn.Tanh if a.activation == "tanh" else torch.nn.ReLU,
-                         log_std_init=a.init_log_std)
+                         activation_fn=torch.nn.Tanh if a.activation == "tanh" else torch.nn.ReLU)
+    if not atari:
+        policy_kwargs["log_std_init"] = a.init_log_std
+    policy = "CnnPolicy" if atari else "MlpPolicy"
     batch = num_envs * a.num_steps
     common = dict(n_steps=a.num_steps, gamma=a.gamma, gae_lambda=a.gae_lambda, device=device, seed=cfg.seed,
                   policy_kwargs=policy_kwargs, verbose=0)
     if algo == "ppo":
         from stable_baselines3 import PPO
 
-        model = PPO("MlpPolicy", venv, learning_rate=a.learning_rate, n_epochs=a.update_epochs,
+        model = PPO(policy, venv, learning_rate=a.learning_rate, n_epochs=a.update_epochs,
                     batch_size=batch // a.num_minibatches, clip_range=a.clip_coef,
                     clip_range_vf=a.clip_coef if a.clip_value_loss else None, ent_coef=a.entropy_coef,
                     vf_coef=a.value_coef, max_grad_norm=a.max_grad_norm, target_kl=a.target_kl, **common)
     else:
         from sb3_contrib import TRPO
 
-        model = TRPO("MlpPolicy", venv, learning_rate=a.learning_rate, n_critic_updates=a.vf_iters,
+        model = TRPO(policy, venv, learning_rate=a.learning_rate, n_critic_updates=a.vf_iters,
                      batch_size=batch // a.vf_minibatches, cg_max_steps=a.cg_iters, cg_damping=a.cg_damping,
                      line_search_shrinking_factor=a.line_search_shrink,
                      line_search_max_iter=a.line_search_max_steps, target_kl=a.max_kl,
@@ -107,12 +133,14 @@ def run_sb3(algo, env_id, num_envs, steps, device, threads):
     return model.num_timesteps, wall, None
 
 
-def run_env_only(env_id, num_envs, steps, backend="gymnasium"):
+def run_env_only(env_spec, num_envs, steps, backend="gymnasium"):
     import numpy as np
 
     from rl.envs import make_vector_env
 
-    envs = make_vector_env(env_id, num_envs, "sync", backend=backend)
+    e = composed_config("ppo", env_spec, num_envs, steps).env
+    envs = make_vector_env(e.id, num_envs, "sync", backend=backend, preprocessing=e.preprocessing,
+                           env_wrappers=list(e.wrappers), **dict(e.kwargs))
     space = envs.action_space
     rng = np.random.default_rng(0)
     iterations = steps // num_envs
