@@ -194,7 +194,7 @@ def run(run_dir, options):
     if options["video"]:
         _render_check(env_id, env_kwargs, "mujoco" in str(gym.spec(env_id.rpartition(":")[2]).entry_point))
         video_folder = os.path.join(run_dir, "videos")
-        prefix = f"{env_id}-step{state['global_step']}"
+        prefix = f"{env_id.rpartition(':')[2].replace('/', '-')}-step{state['global_step']}"  # ALE/Pong-v5: a file
         wrappers = _video_wrappers(env_id, video_folder, prefix, min(options["video_episodes"], options["episodes"]))
         env_kwargs = {**env_kwargs, "render_mode": "rgb_array"}
     policy = trained_policy(state)

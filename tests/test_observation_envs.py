@@ -3,6 +3,8 @@ with and never broken (tests/toy_envs.py's PickValid), TRPO on a Dict with a mas
 reproducibility and exact resume on both, rl.load and rl.export on them, Atari's preprocessing on a few
 games of frames. (Packing and encoders: test_observations.py; their FVPs: test_fvp.py.)"""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,7 @@ def runs(tmp_path_factory):
         "minatar": MINATAR + ["seed=3"],
         "minatar_again": MINATAR + ["seed=3"],
         "minatar_stopped": MINATAR + ["seed=3", "stop_after_steps=1024"],
-        "atari": ["algo=ppo", "env=atari", "env.id=ALE/Breakout-v5", "env.num_envs=2", "algo.num_steps=32",
+        "atari": ["algo=ppo", "env=atari", "env.id=ALE/Pong-v5", "env.num_envs=2", "algo.num_steps=32",
                   "algo.num_minibatches=2", "total_timesteps=128", "eval_episodes=0", "seed=4"],
     }
     dirs = {name: root / name for name in jobs}
@@ -116,7 +118,8 @@ def test_the_loaded_masked_policy_acts_on_dict_observations_and_info_masks(runs)
 
 @pytest.mark.parametrize("name", ["masked", "info_masked", "minatar", "atari"])
 def test_dict_image_and_masked_policies_export_and_pass_their_check(runs, name, capsys):
-    for options in ([], ["deterministic=false"]):
+    # (Atari's check plays 1,000 steps through the Nature CNN: once is enough for its time)
+    for options in ([], ["deterministic=false"]) if name != "atari" else ([],):
         assert export_main([str(runs[name]), *options]) == 0, capsys.readouterr().err
         assert "checked on 1000 observations from the env" in capsys.readouterr().out
 
@@ -125,7 +128,20 @@ def test_atari_trains_on_stacked_frames_and_the_policy_acts_on_them(runs):
     policy = rl.load(runs["atari"])
     assert policy.observation_space.shape == (4, 84, 84) and policy.agent.layout.of_kind("image")
     frames = np.zeros((4, 84, 84), np.uint8)
-    assert 0 <= int(policy.act(frames)) < 4
+    assert 0 <= int(policy.act(frames)) < 6  # Pong's six actions
+
+
+def test_an_atari_evaluation_plays_a_whole_game_and_films_its_raw_frames(runs):
+    from moviepy import VideoFileClip
+
+    from rl.evaluate import main as evaluate_main
+
+    assert evaluate_main([str(runs["atari"]), "episodes=1", "video=true"]) == 0
+    record = json.loads((runs["atari"] / "eval.json").read_text())
+    assert record["returns"][0] <= -1 and record["lengths"][0] > 100  # a lost game of Pong: 21 points to 0-20
+    with VideoFileClip(record["videos"][0]) as clip:
+        assert clip.size == [160, 210]  # the game's own RGB frames, not the 84x84 grayscale the policy sees
+        assert clip.duration * clip.fps >= record["lengths"][0]
 
 
 def play_a_game(training, backend, seed=0):
