@@ -9,6 +9,7 @@ import os
 import socket
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -38,16 +39,33 @@ CASES = {  # name: (algorithm module, config, discrete actions?)
     "trpo": (trpo, algo_config("trpo"), False),
     "trpo_discrete": (trpo, algo_config("trpo"), True),
     "npg": (trpo, algo_config("npg"), False),
+    # a Dict of a small image, a vector and an action mask: CNN encoders, the masked categorical
+    "ppo_masked_dict": (ppo, algo_config("ppo"), "masked_dict"),
+    "trpo_masked_dict": (trpo, algo_config("trpo"), "masked_dict"),
 }
+MASKED_DICT = gym.spaces.Dict({"grid": gym.spaces.Box(0, 255, (6, 5, 2), np.uint8),
+                               "x": gym.spaces.Box(-1.0, 1.0, (3,)), "action_mask": gym.spaces.MultiBinary(3)})
+
+
+def masked_dict_observations(agent, n):
+    MASKED_DICT.seed(0)
+    observations = [MASKED_DICT.sample() for _ in range(n)]
+    for i, o in enumerate(observations):
+        o["action_mask"][i % 3] = 1  # at least one allowed action
+    return torch.from_numpy(agent.layout.pack(agent.layout.stack(observations))).double()
 
 
 def make_problem(discrete):
-    """An agent and a global batch (row t * ENVS + e), float64, the same in every process."""
+    """An agent and a global batch (row t * ENVS + e), float64, the same in every process. `discrete`: True
+    (Discrete(3)), False (a Box) or "masked_dict" (MASKED_DICT observations, Discrete(3) actions)."""
     torch.manual_seed(0)
+    masked = discrete == "masked_dict"
     action_space = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1.0, 1.0, (2,))
-    agent = Agent(gym.spaces.Box(-1.0, 1.0, (5,)), action_space, actor_hidden_sizes=(16,),
-                  critic_hidden_sizes=(16,)).double()
-    obs = torch.randn(STEPS * ENVS, 5, dtype=torch.float64)
+    observation_space = MASKED_DICT if masked else gym.spaces.Box(-1.0, 1.0, (5,))
+    agent = Agent(observation_space, action_space, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,),
+                  cnn={"channels": (4,), "kernels": (3,), "strides": (1,), "features": 8}).double()
+    obs = masked_dict_observations(agent, STEPS * ENVS) if masked else \
+        torch.randn(STEPS * ENVS, 5, dtype=torch.float64)
     with torch.no_grad():
         params = agent.actor(obs)
         actions = agent.actor.sample(*params)
