@@ -18,11 +18,12 @@ from torch.nn.utils import parameters_to_vector
 from rl.networks import activation_derivative, plain_mlp
 
 
-def analytic_fisher_vector_product(actor, obs):
-    """Return v -> F v for the actor at its current parameters on observations (B, obs_dim)."""
-    if _is_plain_mlp_actor(actor):
+def analytic_fisher_vector_product(actor, obs, *memory):
+    """Return v -> F v for the actor at its current parameters on observations (B, obs_dim); `memory`: a
+    recurrent actor's (state, starts), which the product runs through (the sequences' unrolled graph)."""
+    if _is_plain_mlp_actor(actor) and not memory:
         return _mlp_fisher_vector_product(actor, obs)
-    return _functional_fisher_vector_product(actor, obs)
+    return _functional_fisher_vector_product(actor, obs, *memory)
 
 
 def _is_plain_mlp_actor(actor):
@@ -111,12 +112,12 @@ def _unflatten(actor, flat):
     return tensors
 
 
-def _functional_fisher_vector_product(actor, obs):
+def _functional_fisher_vector_product(actor, obs, *memory):
     flat = parameters_to_vector(actor.parameters()).detach()
     batch = obs.shape[0]
 
     def distribution_params(weights):
-        return functional_call(actor, _unflatten(actor, weights), (obs,))
+        return functional_call(actor, _unflatten(actor, weights), (obs, *memory))
 
     old_params, pullback = vjp(distribution_params, flat)
     old_params = tuple(p.detach() for p in old_params)
@@ -129,12 +130,12 @@ def _functional_fisher_vector_product(actor, obs):
     return product
 
 
-def hessian_fisher_vector_product(actor, obs):
+def hessian_fisher_vector_product(actor, obs, *memory):
     """Return v -> F v by differentiating (grad KL) . v a second time."""
     params = list(actor.parameters())
     with torch.no_grad():
-        old_params = tuple(p.clone() for p in actor(obs))  # no views of parameters
-    kl = actor.kl(old_params, actor(obs)).mean()
+        old_params = tuple(p.clone() for p in actor(obs, *memory))  # no views of parameters
+    kl = actor.kl(old_params, actor(obs, *memory)).mean()
     grad = parameters_to_vector(torch.autograd.grad(kl, params, create_graph=True))
 
     def product(vector):

@@ -78,7 +78,7 @@ class Encoder(nn.Module):
         self.images = [(p.offset, p.size, p.image_shape, p.channels_last, p.scale) for p in layout.of_kind("image")]
         self.cnns = nn.ModuleList(cnn(shape, **cnn_options) for _, _, shape, _, _ in self.images)
         self.flat_slices = [(p.offset, p.offset + p.size) for p in layout.pieces if p.kind in ("vector", "onehot")]
-        self.out_dim = (len(self.images) * cnn_options["features"]
+        self.out_dim = (len(self.images) * (cnn_options["features"] if self.images else 0)
                         + sum(end - start for start, end in self.flat_slices))
 
     def forward(self, obs):

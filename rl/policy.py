@@ -33,8 +33,9 @@ class GaussianActor(nn.Module):
         self.net = network(action_dim, out_gain=0.01)  # the mean
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
-    def forward(self, obs):
-        return self.head(self.net(obs))
+    def forward(self, obs, *memory):
+        """`memory`: a recurrent net's (state, starts) (rl.memory.RecurrentNet); none for a feed-forward one."""
+        return self.head(self.net(obs, *memory))
 
     def head(self, mean):
         """Distribution parameters from the net's output."""
@@ -60,8 +61,8 @@ class CategoricalActor(nn.Module):
         self.net = network(num_actions, out_gain=0.01)  # the logits
         self.mask = mask  # (first, end) of the mask's features in the packed observation, or None
 
-    def forward(self, obs):
-        logits = self.net(obs)
+    def forward(self, obs, *memory):
+        logits = self.net(obs, *memory)
         if self.mask is not None:
             logits = D.masked_logits(logits, obs[:, self.mask[0]:self.mask[1]])
         return self.head(logits)
@@ -137,8 +138,8 @@ class Critic(nn.Module):
         super().__init__()
         self.net = network(1, out_gain=1.0)
 
-    def forward(self, obs):
-        return self.net(obs).squeeze(-1)
+    def forward(self, obs, *memory):
+        return self.net(obs, *memory).squeeze(-1)
 
 
 CNN_DEFAULTS = {"channels": (32, 64, 64), "kernels": (8, 4, 3), "strides": (4, 2, 1), "features": 512}  # Nature

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rl"
 LEAVES = ("rl.logger", "rl.distributions", "rl.cg", "rl.normalize", "rl.files", "rl.results", "rl.run_folder",
-          "rl.spaces", "rl.distributed", "rl.networks", "rl.guards")
+          "rl.spaces", "rl.distributed", "rl.networks", "rl.guards", "rl.observations")
 
 
 def module_name(path):
