@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from rl.envs import BACKENDS, PREPROCESSING, check_env_id, load_wrapper, make_vector_env
+from rl.memory import MEMORY_KINDS
 from rl.networks import cnn_output_side
 from rl.observations import MASK_SOURCES, ObservationError, ObservationLayout
 from rl.policy import mask_blocks
@@ -139,6 +140,10 @@ def _check_memory(cfg, layout, action_space):
                                                                            env.cnn_kernels))
             sides = [cnn_output_side(side, env.cnn_kernels, env.cnn_strides) for side in piece.image_shape[1:]]
             encoder_weights += (channels[-1] * sides[0] * sides[1] + 1) * features
+    if cfg.algo.memory != "none":  # the core between encoder and head: 3 (GRU) or 4 (LSTM) gates
+        size = cfg.algo.memory_size
+        encoder_weights += (3 if cfg.algo.memory == "gru" else 4) * size * (in_dim + size + 2)
+        in_dim = size
     for key, out in (("algo.actor_hidden_sizes", out_dim), ("algo.critic_hidden_sizes", 1)):
         widths = [in_dim, *_get(cfg, key), out]
         params = encoder_weights + sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
@@ -262,6 +267,9 @@ SCHEMA = (
     ("algo.activation", Key(_one_of("tanh", "relu", "elu"), "must be tanh, relu or elu")),
     ("algo.actor_hidden_sizes", Key(*WIDTHS)),
     ("algo.critic_hidden_sizes", Key(*WIDTHS)),
+    ("algo.memory", Key(_one_of(*MEMORY_KINDS), f"must be one of {', '.join(MEMORY_KINDS)}")),
+    ("algo.memory_size", Key(*POSITIVE_INT)),
+    ("algo.sequence_length", Key(*POSITIVE_INT)),  # and dividing num_steps: see _check_batch
     ("algo.clip_coef", Key(*POSITIVE, algos=PPO)),
     ("algo.update_epochs", Key(*POSITIVE_INT, algos=PPO)),
     ("algo.num_minibatches", Key(*POSITIVE_INT, algos=PPO)),  # and small enough: see _check_batch
@@ -332,6 +340,19 @@ def _check_batch(cfg):
                           f"must be a positive integer no larger than algo.num_steps ({algo.num_steps}) that leaves "
                           f"at least 2 samples per minibatch (each minibatch takes num_steps // num_minibatches "
                           f"steps of each of the {num_envs} envs)")
+    if algo.memory != "none":
+        length = algo.sequence_length
+        minibatches = algo.num_minibatches if algo.name == "ppo" else algo.vf_minibatches
+        key = "algo.num_minibatches" if algo.name == "ppo" else "algo.vf_minibatches"
+        if algo.num_steps % length:
+            raise ConfigError("algo.sequence_length", length, f"must divide algo.num_steps ({algo.num_steps}): a "
+                              "recurrent policy trains on whole chunks of each env's rollout")
+        if algo.num_steps // length < minibatches:
+            raise ConfigError(key, minibatches, f"must be at most num_steps / sequence_length = "
+                              f"{algo.num_steps // length}: each minibatch takes whole chunks of every env")
+        if algo.name in NATURAL_GRADIENT and algo.fvp_subsample < 1.0:
+            raise ConfigError("algo.fvp_subsample", algo.fvp_subsample, "must be 1.0 with algo.memory: a recurrent "
+                              "policy's Fisher products run through whole sequences")
     if algo.name in NATURAL_GRADIENT and algo.vf_minibatches > algo.num_steps:
         raise ConfigError("algo.vf_minibatches", algo.vf_minibatches,
                           f"must be a positive integer no larger than algo.num_steps ({algo.num_steps}): each "

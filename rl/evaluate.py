@@ -68,9 +68,14 @@ def _run_episodes(agent, envs, episodes, seed, deterministic, bar):
     finished = np.zeros(episodes, dtype=bool)
     action_space = envs.single_action_space
     low, high = getattr(action_space, "low", None), getattr(action_space, "high", None)
+    state = agent.initial_state(episodes)[0] if agent.recurrent else None  # each env plays one episode
     while not finished.all():
-        packed = agent.layout.pack(obs, info)
-        action = agent.act(torch.from_numpy(packed).float(), deterministic).numpy()
+        packed = torch.from_numpy(agent.layout.pack(obs, info)).float()
+        if agent.recurrent:
+            action, state = agent.act(packed, deterministic, state)
+            action = action.numpy()
+        else:
+            action = agent.act(packed, deterministic).numpy()
         if low is not None:
             action = np.clip(action, low, high)
         obs, reward, terminated, truncated, info = envs.step(action)

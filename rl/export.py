@@ -90,6 +90,9 @@ def exportable(policy):
     known = (GaussianActor, CategoricalActor, MultiCategoricalActor, BernoulliActor)
     if not isinstance(policy.agent.actor, known):
         raise ExportError(f"cannot export a {type(policy.agent.actor).__name__} policy yet")
+    if policy.agent.recurrent:
+        raise ExportError("cannot export a policy with memory (algo.memory) yet: its state would be an input "
+                          "and an output of the graph")
 
 
 def input_shape(policy):
@@ -162,7 +165,7 @@ def recorded_observations(policy, count=CHECK_OBSERVATIONS, seed=0):
         packed = layout.pack(obs, info)
         observations.append(packed[0])
         raw.append(obs[0] if layout.flat else None)
-        obs, _, _, _, info = envs.step(policy.act_packed(packed, deterministic=True))  # same-step autoreset
+        obs, _, _, _, info = envs.step(policy.act_packed(packed, deterministic=True)[0])  # same-step autoreset
     envs.close()
     return _graph_input(policy, np.stack(observations), raw), "env"
 
@@ -179,7 +182,7 @@ def check(policy, data, file_format, deterministic):
     outputs = runner(data, file_format)(observations)
     packed = observations.reshape(len(observations), -1)  # the packed form (a reshape for raw features)
     if deterministic:
-        expected = [policy.act_packed(packed)]
+        expected = [policy.act_packed(packed)[0]]
     else:
         with torch.no_grad():
             params = policy.agent.actor(policy.agent.obs_normalizer(torch.from_numpy(packed)))

@@ -62,19 +62,21 @@ def make_core(kind, in_dim, size):
     return CORES[kind](in_dim, size)
 
 
-def unroll(core, inputs, state, starts):
+def unroll(core, inputs, state, starts, every_state=False):
     """Run `core` over a batch of sequences.
 
     inputs (T, N, in_dim); state (N, state_size), the state before the first step; starts (T, N), 1 where
     step t begins an episode (its state is reset to zeros first, as the rollout does after same-step
-    autoreset). Returns (outputs (T, N, size), the state after the last step).
+    autoreset). Returns (outputs (T, N, size), the state after the last step), or with `every_state` the
+    states after every step, (T, N, state_size), in its place.
     """
     keep = 1.0 - starts.to(inputs.dtype)
-    outputs = []
+    outputs, states = [], []
     for t in range(inputs.shape[0]):
         out, state = core.step(inputs[t], state * keep[t, :, None])
         outputs.append(out)
-    return torch.stack(outputs), state
+        states.append(state)
+    return torch.stack(outputs), (torch.stack(states) if every_state else state)
 
 
 class RecurrentNet(nn.Module):
@@ -90,11 +92,20 @@ class RecurrentNet(nn.Module):
         self.core = make_core(kind, self.encoder.out_dim, size)
         self.head = mlp(size, hidden_sizes, out_dim, activation, out_gain)
 
-    def forward(self, obs, state, starts):
+    def forward(self, obs, state, starts, every_state=False):
+        """With `every_state`: (outputs, the core's state after every step (T, N, state_size))."""
         steps, envs = starts.shape
         features = self.encoder(obs).view(steps, envs, -1)
-        outputs, _ = unroll(self.core, features, state, starts)
-        return self.head(outputs.reshape(steps * envs, -1))
+        outputs, states = unroll(self.core, features, state, starts, every_state=True)
+        outputs = self.head(outputs.reshape(steps * envs, -1))
+        return (outputs, states) if every_state else outputs
 
-    def zero_state(self, envs, dtype=torch.float32):
-        return torch.zeros(envs, self.core.state_size, dtype=dtype)
+    def step(self, obs, state):
+        """One step for N envs from their states (no reset): (outputs (N, out_dim), new state)."""
+        out, state = self.core.step(self.encoder(obs), state)
+        return self.head(out), state
+
+    @property
+    def state_size(self):
+        return self.core.state_size
+

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rl import distributions as D
+from rl.memory import RecurrentNet
 from rl.networks import encoded_mlp
 from rl.normalize import ObservationNormalizer, RewardScaler
 from rl.observations import ObservationLayout
@@ -35,7 +36,11 @@ class GaussianActor(nn.Module):
 
     def forward(self, obs, *memory):
         """`memory`: a recurrent net's (state, starts) (rl.memory.RecurrentNet); none for a feed-forward one."""
-        return self.head(self.net(obs, *memory))
+        return self.params_from(obs, self.net(obs, *memory))
+
+    def params_from(self, obs, outputs):
+        """Distribution parameters from the net's outputs for these observations."""
+        return self.head(outputs)
 
     def head(self, mean):
         """Distribution parameters from the net's output."""
@@ -62,7 +67,10 @@ class CategoricalActor(nn.Module):
         self.mask = mask  # (first, end) of the mask's features in the packed observation, or None
 
     def forward(self, obs, *memory):
-        logits = self.net(obs, *memory)
+        return self.params_from(obs, self.net(obs, *memory))
+
+    def params_from(self, obs, logits):
+        """Distribution parameters from the net's logits, the observations' action mask applied."""
         if self.mask is not None:
             logits = D.masked_logits(logits, obs[:, self.mask[0]:self.mask[1]])
         return self.head(logits)
@@ -94,7 +102,8 @@ class MultiCategoricalActor(nn.Module):
         self.net = network(sum(self.sizes), out_gain=0.01)
         self.mask = mask  # as CategoricalActor's, over all the blocks' logits
 
-    forward, head = CategoricalActor.forward, staticmethod(CategoricalActor.head)  # logits, as a categorical's
+    forward, params_from = CategoricalActor.forward, CategoricalActor.params_from  # logits, as a categorical's
+    head = staticmethod(CategoricalActor.head)
 
     def sample(self, logits):
         return D.multi_categorical_sample(logits, self.sizes)
@@ -123,7 +132,8 @@ class BernoulliActor(nn.Module):
         self.net = network(num_bits, out_gain=0.01)
         self.mask = None
 
-    forward, head = CategoricalActor.forward, staticmethod(CategoricalActor.head)  # logits, as a categorical's
+    forward, params_from = CategoricalActor.forward, CategoricalActor.params_from  # logits, as a categorical's
+    head = staticmethod(CategoricalActor.head)
     sample = staticmethod(D.bernoulli_sample)
     log_prob = staticmethod(D.bernoulli_log_prob)
     entropy = staticmethod(D.bernoulli_entropy)
@@ -155,15 +165,22 @@ class Agent(nn.Module):
     def __init__(self, observation_space, action_space, actor_hidden_sizes=(64, 64), critic_hidden_sizes=(64, 64),
                  activation="tanh", init_log_std=0.0, normalize_observations=False, normalize_rewards=False,
                  clip_observations=10.0, clip_rewards=10.0, gamma=0.99, orthogonal_init=True, image_keys=None,
-                 action_mask="auto", cnn=None):
+                 action_mask="auto", cnn=None, memory=None):
         super().__init__()
         self.layout = ObservationLayout(observation_space, image_keys, action_mask, mask_blocks(action_space))
         cnn = {**CNN_DEFAULTS, **(cnn or {})}
         mask = self.layout.mask
         mask = None if mask is None else (mask.offset, mask.offset + mask.size)
+        self.recurrent = memory is not None  # memory: {"kind": "gru" | "lstm", "size": units}
+
+        def network(hidden_sizes, out_dim, out_gain):
+            if self.recurrent:
+                return RecurrentNet(self.layout, cnn, memory["kind"], memory["size"], hidden_sizes, out_dim,
+                                    activation, out_gain)
+            return encoded_mlp(self.layout, cnn, hidden_sizes, out_dim, activation, out_gain)
 
         def actor_network(out_dim, out_gain):
-            return encoded_mlp(self.layout, cnn, actor_hidden_sizes, out_dim, activation, out_gain)
+            return network(actor_hidden_sizes, out_dim, out_gain)
 
         if isinstance(action_space, gym.spaces.Box):
             action_dim = int(math.prod(action_space.shape))
@@ -176,8 +193,7 @@ class Agent(nn.Module):
             self.actor = BernoulliActor(actor_network, int(math.prod(action_space.shape)))
         else:
             raise ValueError(f"unsupported action space {action_space}")
-        self.critic = Critic(lambda out_dim, out_gain: encoded_mlp(self.layout, cnn, critic_hidden_sizes, out_dim,
-                                                                   activation, out_gain))
+        self.critic = Critic(lambda out_dim, out_gain: network(critic_hidden_sizes, out_dim, out_gain))
         if not orthogonal_init:  # PyTorch's default init instead (SB3's ortho_init=False)
             for module in self.modules():
                 if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -188,10 +204,22 @@ class Agent(nn.Module):
         self.reward_scaler = RewardScaler(gamma, clip_rewards, normalize_rewards)
 
     @torch.no_grad()
-    def act(self, obs, deterministic=True):
-        """Packed raw observations (B, D) -> actions, with the saved normalization applied."""
-        params = self.actor(self.obs_normalizer(obs))
-        return self.actor.mode(*params) if deterministic else self.actor.sample(*params)
+    def act(self, obs, deterministic=True, state=None):
+        """Packed raw observations (B, D) -> actions, with the saved normalization applied. A recurrent agent
+        takes its actor core's state (B, S) before this step and returns (actions, the state after it)."""
+        obs = self.obs_normalizer(obs)
+        if self.recurrent:
+            outputs, state = self.actor.net.step(obs, state)
+            params = self.actor.params_from(obs, outputs)
+        else:
+            params = self.actor(obs)
+        action = self.actor.mode(*params) if deterministic else self.actor.sample(*params)
+        return (action, state) if self.recurrent else action
+
+    def initial_state(self, batch, dtype=torch.float32):
+        """Zero states (batch, S) of the actor's and the critic's cores, where an episode begins."""
+        return (torch.zeros(batch, self.actor.net.state_size, dtype=dtype),
+                torch.zeros(batch, self.critic.net.state_size, dtype=dtype))
 
 
 def mask_blocks(action_space):
@@ -215,7 +243,9 @@ def build_agent(cfg, observation_space, action_space):
                  normalize_rewards=env.normalize_rewards, clip_observations=env.clip_observations,
                  clip_rewards=env.clip_rewards, gamma=algo.gamma, orthogonal_init=algo.orthogonal_init,
                  image_keys=None if image_keys == "auto" else list(image_keys),
-                 action_mask=env.get("action_mask", "auto"), cnn=cnn_options(env))
+                 action_mask=env.get("action_mask", "auto"), cnn=cnn_options(env),
+                 memory=None if algo.get("memory", "none") == "none" else {"kind": algo.memory,
+                                                                           "size": algo.memory_size})
 
 
 def cnn_options(env):

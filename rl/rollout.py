@@ -25,11 +25,16 @@ class Rollout:
     next_values: torch.Tensor  # (T, N) V(s') of the true next state (the final obs when an episode ended)
     terminated: torch.Tensor  # (T, N) bool: s' is terminal, do not bootstrap
     done: torch.Tensor  # (T, N) bool: terminated or truncated, the episode stops here
+    # Recurrent policies (rl.memory) only, else None:
+    starts: torch.Tensor = None  # (T, N) float: 1 where step t's observation begins an episode
+    actor_states: torch.Tensor = None  # (T, N, S) the actor core's state before step t (before its reset)
+    critic_states: torch.Tensor = None  # (T, N, S) the critic core's
 
     def to(self, device):
         # Non-blocking copies out of pinned memory: safe because every update ends in a host read of its
         # metrics (a sync) before the next rollout writes into the same pinned buffers.
-        return Rollout(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        return Rollout(**{f.name: None if getattr(self, f.name) is None else
+                          getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
 
 def _acting_function(actor):
@@ -107,6 +112,13 @@ class Collector:
             terminated=torch.zeros(shape, dtype=torch.bool, pin_memory=pin),
             done=torch.zeros(shape, dtype=torch.bool, pin_memory=pin),
         )
+        self.recurrent = agent.recurrent
+        if self.recurrent:  # the cores' states carried between steps and rollouts, and where episodes begin
+            self.buffer.starts = torch.zeros(shape, pin_memory=pin)
+            self.buffer.actor_states = torch.zeros(*shape, agent.actor.net.state_size, pin_memory=pin)
+            self.buffer.critic_states = torch.zeros(*shape, agent.critic.net.state_size, pin_memory=pin)
+            self.actor_state, self.critic_state = agent.initial_state(num_envs)
+            self.next_starts = np.ones(num_envs, dtype=np.float32)  # the reset's observations begin episodes
         self.bootstrap = torch.zeros(shape, dtype=torch.bool)  # truncated and not terminated
         self.final_values = torch.zeros(shape)
         # NumPy views of the CPU buffers: the per-step writes below are much cheaper through them.
@@ -136,13 +148,20 @@ class Collector:
         agent, actor, buf, view = self.agent, self.agent.actor, self.buffer, self.view
         normalizer = agent.obs_normalizer
         num_envs = self.envs.num_envs
-        act = _acting_function(actor)
-        episodes = []
+        act = _acting_function(actor) if not self.recurrent else None
+        episodes, pending_finals = [], []
         self.final_values.zero_()
+        first_actor_state, first_critic_state = (self.actor_state, self.critic_state) if self.recurrent else (None,
+                                                                                                              None)
         for t in range(self.num_steps):
             normalizer.update(self.obs)
             view["obs"][t] = normalizer.normalize_numpy(self.obs)
-            action = act(buf.obs[t])
+            if self.recurrent:
+                buf.starts[t] = torch.from_numpy(self.next_starts)
+                outputs, self.actor_state = actor.net.step(buf.obs[t], self.actor_state * (1 - buf.starts[t, :, None]))
+                action = actor.sample(*actor.params_from(buf.obs[t], outputs))
+            else:
+                action = act(buf.obs[t])
             view["actions"][t] = env_action = action.numpy()
             if self.action_low is not None:  # the env gets a clipped action; the buffer keeps the sample
                 env_action = np.minimum(np.maximum(env_action, self.action_low), self.action_high)
@@ -167,26 +186,53 @@ class Collector:
                     final = self.layout.pack(final_observations(self.layout, info, bootstrap))
                     check_env_output("final observation", final, global_step + t * num_envs, bootstrap)
                     final = normalizer.normalize_numpy(final)
-                    self.final_values[t, bootstrap] = agent.critic(torch.from_numpy(final))
+                    if self.recurrent:  # valued after the rollout, from the state its episode ended in
+                        pending_finals.append((t, bootstrap, torch.from_numpy(final)))
+                    else:
+                        self.final_values[t, bootstrap] = agent.critic(torch.from_numpy(final))
 
             view["rewards"][t] = agent.reward_scaler(reward, self.discounted_return, done)
             view["terminated"][t] = terminated
             view["done"][t] = done
             view["bootstrap"][t] = truncated & ~terminated
             self.obs = next_obs
+            if self.recurrent:
+                self.next_starts = done.astype(np.float32)
 
         # Over several ranks, every rank's new observations and returns join one set of statistics.
         self.merged = [distributed.merge_running_stats(stats, merged)
                        for stats, merged in zip(self._running_stats(), self.merged)]
         flat_obs = buf.obs.flatten(0, 1)
-        buf.values.copy_(agent.critic(flat_obs).view_as(buf.values))
-        buf.log_probs.copy_(actor.log_prob(*actor(flat_obs), buf.actions.flatten(0, 1)).view_as(buf.log_probs))
-        last_value = agent.critic(torch.from_numpy(normalizer.normalize_numpy(self.obs)))
+        if self.recurrent:
+            last_value = self._recurrent_values(flat_obs, first_actor_state, first_critic_state, pending_finals)
+        else:
+            buf.values.copy_(agent.critic(flat_obs).view_as(buf.values))
+            buf.log_probs.copy_(actor.log_prob(*actor(flat_obs), buf.actions.flatten(0, 1)).view_as(buf.log_probs))
+            last_value = agent.critic(torch.from_numpy(normalizer.normalize_numpy(self.obs)))
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_value
         torch.where(self.bootstrap, self.final_values, buf.next_values, out=buf.next_values)
         rollout = buf if self.device.type == "cpu" else buf.to(self.device)
         return rollout, episodes
+
+    def _recurrent_values(self, flat_obs, actor_state, critic_state, pending_finals):
+        """A recurrent rollout's log-probs and values, unrolled over the whole rollout from the states it began
+        with (the same steps acting took); the cores' states before every step into the buffer; the values of
+        truncated episodes' final observations from the state each episode ended in. Returns V(next obs)."""
+        agent, actor, buf = self.agent, self.agent.actor, self.buffer
+        outputs, actor_after = actor.net(flat_obs, actor_state, buf.starts, every_state=True)
+        buf.log_probs.copy_(actor.log_prob(*actor.params_from(flat_obs, outputs),
+                                           buf.actions.flatten(0, 1)).view_as(buf.log_probs))
+        values, critic_after = agent.critic.net(flat_obs, critic_state, buf.starts, every_state=True)
+        buf.values.copy_(values.view_as(buf.values))
+        buf.actor_states.copy_(torch.cat([actor_state[None], actor_after[:-1]]))
+        buf.critic_states.copy_(torch.cat([critic_state[None], critic_after[:-1]]))
+        for t, envs, final in pending_finals:
+            self.final_values[t, envs] = agent.critic.net.step(final, critic_after[t, envs])[0].squeeze(-1)
+        self.critic_state = critic_after[-1]
+        next_obs = torch.from_numpy(agent.obs_normalizer.normalize_numpy(self.obs))
+        keep = 1 - torch.from_numpy(self.next_starts)[:, None]
+        return agent.critic.net.step(next_obs, self.critic_state * keep)[0].squeeze(-1)
 
     def _running_stats(self):
         return self.agent.obs_normalizer.stats, self.agent.reward_scaler.stats
@@ -203,15 +249,22 @@ class Collector:
         self.discounted_return[:] = 0.0
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
+        if self.recurrent:
+            self.actor_state, self.critic_state = self.agent.initial_state(self.envs.num_envs)
+            self.next_starts[:] = 1.0
 
     def state_dict(self):
         # Tensors, not arrays: checkpoints are read back with weights_only=True.
-        return {
+        state = {
             "obs": torch.from_numpy(self.obs.copy()),
             "discounted_return": torch.from_numpy(self.discounted_return.copy()),
             "episode_return": torch.from_numpy(self.episode_return.copy()),
             "episode_length": torch.from_numpy(self.episode_length.copy()),
         }
+        if self.recurrent:  # every sub-env's live core states, so a resume acts as the run would have
+            state.update(actor_state=self.actor_state.clone(), critic_state=self.critic_state.clone(),
+                         next_starts=torch.from_numpy(self.next_starts.copy()))
+        return state
 
     def load_state_dict(self, state):
         self.merged = [self._snapshot(stats) for stats in self._running_stats()]  # checkpoints follow a merge
@@ -219,6 +272,9 @@ class Collector:
         self.discounted_return = state["discounted_return"].numpy().copy()
         self.episode_return = state["episode_return"].numpy().copy()
         self.episode_length = state["episode_length"].numpy().copy()
+        if self.recurrent:
+            self.actor_state, self.critic_state = state["actor_state"].clone(), state["critic_state"].clone()
+            self.next_starts = state["next_starts"].numpy().copy()
 
 
 def reported_episodes(info):
@@ -232,7 +288,12 @@ def reported_episodes(info):
 
 @dataclass
 class Batch:
-    """A rollout flattened to B = T * N samples (row t * N + e), with its advantages and returns."""
+    """A rollout flattened to B = T * N samples (row t * N + e), with its advantages and returns.
+
+    For a recurrent policy the rows are L x M sequences, row k * M + m being step k of sequence m (the whole
+    rollout: L = T, M = N), with each row's episode-start flag and the cores' states before it; `memory`
+    gives what the actor and critic are called with besides the observations.
+    """
 
     obs: torch.Tensor  # (B, obs_dim)
     actions: torch.Tensor  # (B, A) or (B,)
@@ -241,15 +302,48 @@ class Batch:
     advantages: torch.Tensor  # (B,)
     returns: torch.Tensor  # (B,)
     num_envs: int = 1  # N: this rank's envs
+    starts: torch.Tensor = None  # (B,) recurrent only: 1 where the row's observation begins an episode
+    actor_states: torch.Tensor = None  # (B, S) the actor core's state before the row's step
+    critic_states: torch.Tensor = None  # (B, S) the critic core's
+    sequence_length: int = 1  # L
 
     def __len__(self):
         return self.obs.shape[0]
 
     def _tensors(self):
-        return [f.name for f in fields(self) if f.name != "num_envs"]
+        return [f.name for f in fields(self) if f.name not in ("num_envs", "sequence_length")
+                and getattr(self, f.name) is not None]
 
-    def index(self, indices):
-        return Batch(**{name: getattr(self, name)[indices] for name in self._tensors()}, num_envs=self.num_envs)
+    def index(self, indices, sequence_length=1):
+        return Batch(**{name: getattr(self, name)[indices] for name in self._tensors()}, num_envs=self.num_envs,
+                     sequence_length=sequence_length)
+
+    def memory(self, kind):
+        """(state before each sequence (M, S), starts (L, M)) for kind "actor" or "critic"; () feed-forward."""
+        if self.starts is None:
+            return ()
+        sequences = len(self) // self.sequence_length
+        return getattr(self, f"{kind}_states")[:sequences], self.starts.view(self.sequence_length, sequences)
+
+    def sequence_minibatches(self, count, length, generator):
+        """`count` minibatches of whole chunks of `length` steps (a recurrent policy's): each env's rollout is
+        cut into chunks, their order shuffled per env, and minibatch i takes the i-th slice of every env's
+        order (as minibatch_indices does with steps, so the ranks' shards are one process's minibatch)."""
+        num_steps = len(self) // self.num_envs
+        chunks = num_steps // length
+        all_envs = self.num_envs * distributed.world_size()
+        first = self.num_envs * distributed.rank()
+        device = self.obs.device
+        orders = torch.stack([torch.randperm(chunks, device=device, generator=generator) for _ in range(all_envs)], 1)
+        per = chunks // count
+        chosen = orders[:per * count, first:first + self.num_envs] * length  # first step of each chunk
+        envs = torch.arange(self.num_envs, device=device)
+        steps = torch.arange(length, device=device)[:, None, None]
+        minibatches = []
+        for i in range(count):
+            rows = (chosen[i * per:(i + 1) * per] + steps) * self.num_envs + envs  # (L, per, N)
+            minibatches.append(self.index(rows.reshape(-1), sequence_length=length))
+        return minibatches
 
     def minibatches(self, count, generator):
         """`count` shuffled minibatches (see minibatch_indices): one gather, then slices (views)."""
@@ -280,10 +374,12 @@ def minibatch_indices(num_steps, num_envs, count, generator, device):
 
 def flatten(rollout, advantages, returns):
     def flat(x):
-        return x.reshape(-1, *x.shape[2:])
+        return None if x is None else x.reshape(-1, *x.shape[2:])
 
     return Batch(flat(rollout.obs), flat(rollout.actions), flat(rollout.log_probs), flat(rollout.values),
-                 flat(advantages), flat(returns), num_envs=rollout.rewards.shape[1])
+                 flat(advantages), flat(returns), num_envs=rollout.rewards.shape[1], starts=flat(rollout.starts),
+                 actor_states=flat(rollout.actor_states), critic_states=flat(rollout.critic_states),
+                 sequence_length=rollout.rewards.shape[0])
 
 
 def explained_variance(predicted, target):

@@ -104,12 +104,18 @@ class TrainedPolicy:
         self.config = config  # the run's config
         self.global_step = global_step  # the training step the weights come from
 
-    def act(self, obs, deterministic=True, action_mask=None):
+    def act(self, obs, deterministic=True, action_mask=None, state=None):
         """Action(s) for one observation or a batch, as the env returns them (an array, or a dict for a Dict
         space); Box actions clipped to bounds. `action_mask` (K,) or (B, K): the valid actions of a policy
         trained with env.action_mask=info (without it every action is allowed); a Dict key `action_mask` is
-        read from the observation itself."""
+        read from the observation itself.
+
+        A policy with memory (algo.memory) needs its `state`, (S,) or (B, S), from `initial_state()` at an
+        episode's start and from the previous call after, and returns (action, new state)."""
         layout = self.agent.layout
+        if self.agent.recurrent and state is None:
+            raise ValueError("this policy has memory: act(obs, state=policy.initial_state()) at an episode's "
+                             "start, then the state each call returns")
         single = layout.is_single(obs)
         if single:
             obs = layout.stack([obs])
@@ -119,12 +125,28 @@ class TrainedPolicy:
         if action_mask is not None:
             info = {MASK_KEY: np.asarray(action_mask, dtype=np.float32).reshape(1, -1) if single else
                     np.asarray(action_mask, dtype=np.float32)}
-        action = self.act_packed(layout.pack(obs, info), deterministic)
+        if state is not None:
+            state = np.asarray(state, dtype=np.float32).reshape(1 if single else len(state), -1)
+        action, state = self.act_packed(layout.pack(obs, info), deterministic, state)
+        if self.agent.recurrent:
+            return (action[0], state[0]) if single else (action, state)
         return action[0] if single else action
 
-    def act_packed(self, packed, deterministic=True):
-        """Actions (B, ...) for observations already packed by the policy's layout (rl.observations), (B, D)."""
-        action = self.agent.act(torch.from_numpy(np.asarray(packed, dtype=np.float32)), deterministic).numpy()
+    def act_packed(self, packed, deterministic=True, state=None):
+        """(actions (B, ...), new core states or None) for observations already packed by the policy's layout
+        (rl.observations), (B, D), and a recurrent policy's states (B, S)."""
+        packed = torch.from_numpy(np.asarray(packed, dtype=np.float32))
+        if self.agent.recurrent:
+            action, state = self.agent.act(packed, deterministic, torch.from_numpy(state))
+            state = state.numpy()
+        else:
+            action = self.agent.act(packed, deterministic)
+        action = action.numpy()
         if isinstance(self.action_space, gym.spaces.Box):
             action = np.clip(action, self.action_space.low, self.action_space.high)
-        return action
+        return action, state
+
+    def initial_state(self, batch=None):
+        """The zero state of the actor's core where an episode begins: (S,), or (batch, S)."""
+        zeros = self.agent.initial_state(1 if batch is None else batch)[0].numpy()
+        return zeros[0] if batch is None else zeros

@@ -42,6 +42,9 @@ CASES = {  # name: (algorithm module, config, discrete actions?)
     # a Dict of a small image, a vector and an action mask: CNN encoders, the masked categorical
     "ppo_masked_dict": (ppo, algo_config("ppo"), "masked_dict"),
     "trpo_masked_dict": (trpo, algo_config("trpo"), "masked_dict"),
+    # recurrent actor and critic on sequences with episode starts inside: chunked minibatches, FVP through time
+    "ppo_gru": (ppo, algo_config("ppo"), "gru"),
+    "trpo_lstm": (trpo, algo_config("trpo"), "lstm"),
 }
 MASKED_DICT = gym.spaces.Dict({"grid": gym.spaces.Box(0, 255, (6, 5, 2), np.uint8),
                                "x": gym.spaces.Box(-1.0, 1.0, (3,)), "action_mask": gym.spaces.MultiBinary(3)})
@@ -57,22 +60,35 @@ def masked_dict_observations(agent, n):
 
 def make_problem(discrete):
     """An agent and a global batch (row t * ENVS + e), float64, the same in every process. `discrete`: True
-    (Discrete(3)), False (a Box) or "masked_dict" (MASKED_DICT observations, Discrete(3) actions)."""
+    (Discrete(3)), False (a Box), "masked_dict" (MASKED_DICT observations, Discrete(3) actions), or "gru" /
+    "lstm" (a recurrent agent, Discrete(3) for the GRU, a Box for the LSTM, with episode starts and stored
+    core states)."""
     torch.manual_seed(0)
-    masked = discrete == "masked_dict"
-    action_space = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1.0, 1.0, (2,))
+    masked, recurrent = discrete == "masked_dict", discrete in ("gru", "lstm")
+    action_space = gym.spaces.Discrete(3) if discrete and discrete != "lstm" else gym.spaces.Box(-1.0, 1.0, (2,))
     observation_space = MASKED_DICT if masked else gym.spaces.Box(-1.0, 1.0, (5,))
     agent = Agent(observation_space, action_space, actor_hidden_sizes=(16,), critic_hidden_sizes=(16,),
-                  cnn={"channels": (4,), "kernels": (3,), "strides": (1,), "features": 8}).double()
+                  cnn={"channels": (4,), "kernels": (3,), "strides": (1,), "features": 8},
+                  memory={"kind": discrete, "size": 6} if recurrent else None).double()
     obs = masked_dict_observations(agent, STEPS * ENVS) if masked else \
         torch.randn(STEPS * ENVS, 5, dtype=torch.float64)
+    memory = {}
+    if recurrent:
+        generator = torch.Generator().manual_seed(1)
+        memory = {"starts": (torch.rand(STEPS * ENVS, generator=generator) < 0.1).double(),
+                  "actor_states": 0.3 * torch.randn(STEPS * ENVS, agent.actor.net.state_size, dtype=torch.float64,
+                                                    generator=generator),
+                  "critic_states": 0.3 * torch.randn(STEPS * ENVS, agent.critic.net.state_size,
+                                                     dtype=torch.float64, generator=generator),
+                  "sequence_length": STEPS}
+    probe = Batch(obs, obs, obs, obs, obs, obs, num_envs=ENVS, **memory)  # only for its memory()
     with torch.no_grad():
-        params = agent.actor(obs)
+        params = agent.actor(obs, *probe.memory("actor"))
         actions = agent.actor.sample(*params)
         log_probs = agent.actor.log_prob(*params, actions)
-        values = agent.critic(obs)
+        values = agent.critic(obs, *probe.memory("critic"))
     advantages = torch.randn(STEPS * ENVS, dtype=torch.float64)
-    return agent, Batch(obs, actions, log_probs, values, advantages, values + advantages, num_envs=ENVS)
+    return agent, Batch(obs, actions, log_probs, values, advantages, values + advantages, num_envs=ENVS, **memory)
 
 
 def shard(batch, rank):
@@ -80,7 +96,8 @@ def shard(batch, rank):
     per_rank = ENVS // WORLD
     columns = torch.arange(rank * per_rank, (rank + 1) * per_rank)
     rows = (torch.arange(STEPS)[:, None] * ENVS + columns).reshape(-1)
-    return Batch(**{name: getattr(batch, name)[rows] for name in batch._tensors()}, num_envs=per_rank)
+    return Batch(**{name: getattr(batch, name)[rows] for name in batch._tensors()}, num_envs=per_rank,
+                 sequence_length=batch.sequence_length)
 
 
 def run_update(case, batch_for_rank):
@@ -146,7 +163,9 @@ def test_two_ranks_compute_the_single_process_update(ranks, case):
         params, metrics = rank[case]
         worst = max((params[k] - expected[k]).abs().max().item() for k in expected)
         print(f"{case}: max parameter difference {worst:.2e}")  # shown by pytest -rP
-        assert worst < 1e-12, f"{case}: max parameter difference {worst:.2e}"  # seen: 1e-18 to 1.4e-14
+        # seen: 1e-18 to 1.4e-14; through a 64-step LSTM unroll, whose half-batch sums CG then amplifies, 7.8e-12
+        tolerance = 1e-10 if CASES[case][2] in ("gru", "lstm") else 1e-12
+        assert worst < tolerance, f"{case}: max parameter difference {worst:.2e}"
         for key, value in expected_metrics.items():
             assert metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key  # float32 metric sums
     moved = max((ranks[0][case][0][k] - make_problem(CASES[case][2])[0].state_dict()[k]).abs().max().item()

@@ -51,7 +51,8 @@ def collect(vectorization, continuous, normalize_observations):
         for _ in range(NUM_ROLLOUTS):
             rollout, episodes = collector.collect()
             # The collector refills the same buffer on the next call: keep a copy.
-            results.append((Rollout(**{f.name: getattr(rollout, f.name).clone() for f in fields(rollout)}),
+            results.append((Rollout(**{f.name: getattr(rollout, f.name).clone() for f in fields(rollout)
+                                   if getattr(rollout, f.name) is not None}),
                             episodes))
         return agent, results
     finally:

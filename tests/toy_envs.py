@@ -13,6 +13,8 @@ maximum every time; a random one scores the expected number of chance matches.
   PickValidInfo-v0: the same with the mask in `info["action_mask"]` and `higher` as a Box of one feature.
   strict=True makes an invalid action an error, so a run that ever takes one fails. Its state is saved in
   checkpoints (snapshot_state / restore_state), so its runs resume exactly.
+- PositionOnlyCartPole-v0: CartPole-v1 showing the cart position and pole angle only (no velocities): a
+  policy must remember the last observations to balance (as POPGym's StatelessCartPole).
 """
 
 import gymnasium as gym
@@ -99,7 +101,22 @@ class PickValid(gym.Env):
         return obs, reward, True, False, info
 
 
+class PositionsOnly(gym.ObservationWrapper):
+    def __init__(self, env):
+        super().__init__(env)
+        high = env.observation_space.high[[0, 2]]
+        self.observation_space = gym.spaces.Box(-high, high, (2,), np.float32)
+
+    def observation(self, obs):
+        return obs[[0, 2]].astype(np.float32)
+
+
+def position_only_cartpole(**kwargs):
+    return PositionsOnly(gym.make("CartPole-v1", **kwargs))
+
+
 gym.register("MatchDigits-v0", entry_point=MatchDigits)
+gym.register("PositionOnlyCartPole-v0", entry_point=position_only_cartpole)
 gym.register("MatchBits-v0", entry_point=MatchBits)
 gym.register("PickValid-v0", entry_point=PickValid)
 gym.register("PickValidInfo-v0", entry_point=PickValid, kwargs={"mask_in_info": True})

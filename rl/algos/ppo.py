@@ -33,11 +33,11 @@ def value_loss(values, old_values, returns, clip_coef=None):
 
 def minibatch_losses(actor, critic, mb, advantages, clip_coef, entropy_coef, value_coef, clip_values):
     """The PPO loss of one minibatch, and (policy, value, entropy, approx_kl, clipfrac) as one tensor."""
-    dist_params = actor(mb.obs)
+    dist_params = actor(mb.obs, *mb.memory("actor"))  # a recurrent policy unrolls its chunks
     pg_loss, approx_kl, clipfrac = policy_loss(actor.log_prob(*dist_params, mb.actions), mb.log_probs, advantages,
                                                clip_coef)
     entropy = actor.entropy(*dist_params).mean()
-    v_loss = value_loss(critic(mb.obs), mb.values, mb.returns, clip_coef if clip_values else None)
+    v_loss = value_loss(critic(mb.obs, *mb.memory("critic")), mb.values, mb.returns, clip_coef if clip_values else None)
     loss = pg_loss - entropy_coef * entropy + value_coef * v_loss
     return loss, torch.stack([pg_loss, v_loss, entropy, approx_kl, clipfrac]).detach()
 
@@ -81,7 +81,8 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
     epochs_run = 0
     for _ in range(cfg.update_epochs):
         epoch_kl = torch.zeros((), device=batch.obs.device)
-        minibatches = batch.minibatches(cfg.num_minibatches, generator)
+        minibatches = batch.minibatches(cfg.num_minibatches, generator) if batch.starts is None else \
+            batch.sequence_minibatches(cfg.num_minibatches, cfg.sequence_length, generator)
         # Per-minibatch advantage statistics, global over ranks: one collective for the whole epoch.
         normalized = distributed.normalize_each([mb.advantages for mb in minibatches]) \
             if cfg.normalize_advantages else [mb.advantages for mb in minibatches]

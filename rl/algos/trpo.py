@@ -21,15 +21,16 @@ def surrogate(actor, dist_params, actions, old_log_probs, advantages):
     return (torch.exp(actor.log_prob(*dist_params, actions) - old_log_probs) * advantages).mean()
 
 
-def natural_direction(actor, obs, policy_gradient, cfg, generator=None):
+def natural_direction(actor, obs, policy_gradient, cfg, generator=None, memory=()):
     """Solve (F + damping I) x = g by CG. Returns (x, fisher_product, residual, iterations).
 
     `fisher_product` is the undamped v -> F v (on the `fvp_subsample` share of `obs`), for scaling the step.
+    `memory`: a recurrent actor's (states, starts): the products run through its whole sequences.
     """
     if cfg.fvp_subsample < 1.0:
         count = max(1, round(cfg.fvp_subsample * obs.shape[0]))
         obs = obs[torch.randperm(obs.shape[0], device=obs.device, generator=generator)[:count]]
-    fisher_product = FISHER_VECTOR_PRODUCTS[cfg.fvp](actor, obs)
+    fisher_product = FISHER_VECTOR_PRODUCTS[cfg.fvp](actor, obs, *memory)
     if distributed.world_size() > 1:  # F of the global batch: the mean of the ranks' products
         local_product = fisher_product
 
@@ -95,7 +96,8 @@ def policy_step(actor, batch, cfg, generator=None):
     if cfg.normalize_advantages:
         advantages = distributed.normalize(advantages)
     params = list(actor.parameters())
-    dist = actor(obs)
+    memory = batch.memory("actor")  # () feed-forward; a recurrent actor unrolls each env's whole rollout
+    dist = actor(obs, *memory)
     # Cloned: Gaussian log_std comes out as a view of the parameter, which the line search overwrites.
     old_dist = tuple(p.detach().clone() for p in dist)
     # Recomputed rather than read from the batch, so the ratio at theta_old is exactly 1.
@@ -103,14 +105,14 @@ def policy_step(actor, batch, cfg, generator=None):
     entropy = distributed.all_reduce_mean(actor.entropy(*old_dist).mean().detach())
     objective = surrogate(actor, dist, actions, old_log_probs, advantages)
     gradient = distributed.all_reduce_mean(parameters_to_vector(torch.autograd.grad(objective, params)))
-    direction, fisher_product, residual, iterations = natural_direction(actor, obs, gradient, cfg, generator)
+    direction, fisher_product, residual, iterations = natural_direction(actor, obs, gradient, cfg, generator, memory)
     old_flat = parameters_to_vector(params).detach()
     old_log_std = actor.log_std.detach().clone() if hasattr(actor, "log_std") else None
     objective = objective.detach()
 
     def evaluate():
         with torch.no_grad():
-            dist = actor(obs)
+            dist = actor(obs, *memory)
             kl = actor.kl(old_dist, dist).mean()
             improvement = surrogate(actor, dist, actions, old_log_probs, advantages) - objective
             if distributed.world_size() > 1:
@@ -152,8 +154,11 @@ def policy_step(actor, batch, cfg, generator=None):
 def fit_value(critic, optimizer, batch, cfg, generator):
     """`vf_iters` epochs of shuffled minibatches of 0.5 * (V(s) - return)^2. Returns the mean loss.
 
-    Minibatches as PPO's (see minibatch_indices); over several ranks the gradients are averaged.
+    Minibatches as PPO's (see minibatch_indices; whole chunks for a recurrent critic); over several ranks the
+    gradients are averaged.
     """
+    if batch.starts is not None:
+        return _fit_recurrent_value(critic, optimizer, batch, cfg, generator)
     total = torch.zeros((), device=batch.obs.device)
     count = 0
     num_steps = len(batch) // batch.num_envs
@@ -164,6 +169,23 @@ def fit_value(critic, optimizer, batch, cfg, generator):
         obs, returns = batch.obs[order], batch.returns[order]  # only what the value loss reads
         for start in range(0, order.numel(), size):
             loss = 0.5 * (critic(obs[start:start + size]) - returns[start:start + size]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.all_reduce_gradients(params)
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+            optimizer.step()
+            total += loss.detach()
+            count += 1
+    return float(distributed.all_reduce_mean(total)) / count
+
+
+def _fit_recurrent_value(critic, optimizer, batch, cfg, generator):
+    total, count = torch.zeros((), device=batch.obs.device), 0
+    params, max_grad_norm = list(critic.parameters()), cfg.max_grad_norm
+    for _ in range(cfg.vf_iters):
+        for mb in batch.sequence_minibatches(cfg.vf_minibatches, cfg.sequence_length, generator):
+            loss = 0.5 * (critic(mb.obs, *mb.memory("critic")) - mb.returns).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             distributed.all_reduce_gradients(params)
