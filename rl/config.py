@@ -165,6 +165,11 @@ def _check_layout(cfg, observation_space, action_space, first_obs, first_info):
     except ObservationError as error:
         key = next((k for k in ("env.image_keys", "env.action_mask") if k in str(error)), "env.id")
         raise ConfigError(key, _get(cfg, key), str(error)) from None
+    if cfg.algo.get("share_encoder", False):
+        if not layout.of_kind("image"):
+            raise ConfigError("algo.share_encoder", True, "the observation has no image: there is no CNN to share")
+        if cfg.algo.memory != "none":
+            raise ConfigError("algo.share_encoder", True, "not with algo.memory yet: each core has its own encoder")
     if not (len(env.cnn_channels) == len(env.cnn_kernels) == len(env.cnn_strides)):
         raise ConfigError("env.cnn_kernels", list(env.cnn_kernels), "env.cnn_channels, env.cnn_kernels and "
                           "env.cnn_strides must have one entry per conv layer each")
@@ -267,6 +272,7 @@ SCHEMA = (
     ("algo.activation", Key(_one_of("tanh", "relu", "elu"), "must be tanh, relu or elu")),
     ("algo.actor_hidden_sizes", Key(*WIDTHS)),
     ("algo.critic_hidden_sizes", Key(*WIDTHS)),
+    ("algo.share_encoder", Key(*BOOLEAN, algos=PPO)),  # and an image to share, no memory: see _check_layout
     ("algo.memory", Key(_one_of(*MEMORY_KINDS), f"must be one of {', '.join(MEMORY_KINDS)}")),
     ("algo.memory_size", Key(*POSITIVE_INT)),
     ("algo.sequence_length", Key(*POSITIVE_INT)),  # and dividing num_steps: see _check_batch

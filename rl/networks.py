@@ -96,11 +96,20 @@ class Encoder(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
 
-def encoded_mlp(layout, cnn_options, hidden_sizes, out_dim, activation, out_gain):
+def encoded_mlp(layout, cnn_options, hidden_sizes, out_dim, activation, out_gain, encoder=None):
     """The network from a packed observation to `out_dim` outputs: today's plain MLP on a flat layout (the
     fast paths of rl.rollout and rl.fisher apply) when the packed vector holds only features, else Encoder
-    then MLP."""
-    if not layout.of_kind("image") and layout.mask is None:  # the packed vector is the features
+    then MLP. `encoder`: an Encoder shared with another network (PPO's algo.share_encoder), else its own."""
+    if encoder is None and not layout.of_kind("image") and layout.mask is None:  # the packed vector is the features
         return mlp(layout.dim, hidden_sizes, out_dim, activation, out_gain)
-    encoder = Encoder(layout, cnn_options)
+    encoder = encoder or Encoder(layout, cnn_options)
     return nn.Sequential(encoder, mlp(encoder.out_dim, hidden_sizes, out_dim, activation, out_gain))
+
+
+def shared_encoder(actor, critic):
+    """The Encoder the actor's and the critic's networks share, or None."""
+    first = getattr(actor, "net", None)
+    if isinstance(first, nn.Sequential) and isinstance(critic.net, nn.Sequential) and isinstance(first[0], Encoder) \
+            and first[0] is critic.net[0]:
+        return first[0]
+    return None

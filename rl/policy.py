@@ -10,7 +10,7 @@ from torch import nn
 
 from rl import distributions as D
 from rl.memory import RecurrentNet
-from rl.networks import encoded_mlp
+from rl.networks import Encoder, encoded_mlp
 from rl.normalize import ObservationNormalizer, RewardScaler
 from rl.observations import ObservationLayout
 
@@ -165,19 +165,21 @@ class Agent(nn.Module):
     def __init__(self, observation_space, action_space, actor_hidden_sizes=(64, 64), critic_hidden_sizes=(64, 64),
                  activation="tanh", init_log_std=0.0, normalize_observations=False, normalize_rewards=False,
                  clip_observations=10.0, clip_rewards=10.0, gamma=0.99, orthogonal_init=True, image_keys=None,
-                 action_mask="auto", cnn=None, memory=None):
+                 action_mask="auto", cnn=None, memory=None, share_encoder=False):
         super().__init__()
         self.layout = ObservationLayout(observation_space, image_keys, action_mask, mask_blocks(action_space))
         cnn = {**CNN_DEFAULTS, **(cnn or {})}
         mask = self.layout.mask
         mask = None if mask is None else (mask.offset, mask.offset + mask.size)
         self.recurrent = memory is not None  # memory: {"kind": "gru" | "lstm", "size": units}
+        # PPO may give actor and critic one encoder (CNNs computed once for both); TRPO's actor-only steps cannot.
+        encoder = Encoder(self.layout, cnn) if share_encoder else None
 
         def network(hidden_sizes, out_dim, out_gain):
             if self.recurrent:
                 return RecurrentNet(self.layout, cnn, memory["kind"], memory["size"], hidden_sizes, out_dim,
                                     activation, out_gain)
-            return encoded_mlp(self.layout, cnn, hidden_sizes, out_dim, activation, out_gain)
+            return encoded_mlp(self.layout, cnn, hidden_sizes, out_dim, activation, out_gain, encoder)
 
         def actor_network(out_dim, out_gain):
             return network(actor_hidden_sizes, out_dim, out_gain)
@@ -245,7 +247,8 @@ def build_agent(cfg, observation_space, action_space):
                  image_keys=None if image_keys == "auto" else list(image_keys),
                  action_mask=env.get("action_mask", "auto"), cnn=cnn_options(env),
                  memory=None if algo.get("memory", "none") == "none" else {"kind": algo.memory,
-                                                                           "size": algo.memory_size})
+                                                                           "size": algo.memory_size},
+                 share_encoder=algo.get("share_encoder", False))
 
 
 def cnn_options(env):

@@ -10,7 +10,7 @@ from torch import nn
 from rl import distributed
 from rl.envs import final_observations
 from rl.guards import check_env_output
-from rl.networks import plain_mlp
+from rl.networks import plain_mlp, shared_encoder
 
 
 @dataclass
@@ -206,8 +206,12 @@ class Collector:
         if self.recurrent:
             last_value = self._recurrent_values(flat_obs, first_actor_state, first_critic_state, pending_finals)
         else:
-            buf.values.copy_(agent.critic(flat_obs).view_as(buf.values))
-            buf.log_probs.copy_(actor.log_prob(*actor(flat_obs), buf.actions.flatten(0, 1)).view_as(buf.log_probs))
+            encoder = shared_encoder(actor, agent.critic)
+            features = None if encoder is None else encoder(flat_obs)  # once for both heads
+            values = agent.critic(flat_obs) if encoder is None else agent.critic.net[1](features).squeeze(-1)
+            params = actor(flat_obs) if encoder is None else actor.params_from(flat_obs, actor.net[1](features))
+            buf.values.copy_(values.view_as(buf.values))
+            buf.log_probs.copy_(actor.log_prob(*params, buf.actions.flatten(0, 1)).view_as(buf.log_probs))
             last_value = agent.critic(torch.from_numpy(normalizer.normalize_numpy(self.obs)))
         buf.next_values[:-1] = buf.values[1:]
         buf.next_values[-1] = last_value

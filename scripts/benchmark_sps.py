@@ -62,12 +62,12 @@ def composed_config(algo, env_spec, num_envs, steps):
                                             f"total_timesteps={steps}"])
 
 
-def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium", compile=False):
+def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium", compile=False, extra=()):
     with tempfile.TemporaryDirectory() as run_dir:
         results.train(run_dir, f"algo={algo}", *env_overrides(env_id), f"env.num_envs={num_envs}",
                       f"total_timesteps={steps}", f"device={device}", f"torch_threads={threads}",
                       f"env.backend={backend}", *([f"algo.compile={str(compile).lower()}"] if algo == "ppo" else []),
-                      "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", cwd=REPO)
+                      "env.vectorization=sync", "eval_episodes=0", "checkpoint_every=0", *extra, cwd=REPO)
         summary = results.summary(run_dir)
         rollout, update = results.values(run_dir, "time/rollout_seconds", "time/update_seconds")
     per_iteration = summary["total_timesteps"] / len(rollout)
@@ -164,7 +164,7 @@ def worker(spec):
         done, wall, steady = run_env_only(env_id, num_envs, steps, backend)
     elif name.startswith("rl-"):
         done, wall, steady = run_ours(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads, backend,
-                                      spec["compile"])
+                                      spec["compile"], spec.get("ours", []))
     else:
         done, wall, steady = run_sb3(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads)
     print(json.dumps({**spec, "steps_done": done, "wall_seconds": wall, "sps": done / wall, "steady": steady}))
@@ -183,6 +183,8 @@ def main():
                         help="env backends for our rows and the env-only limits")
     parser.add_argument("--compile", choices=["eager", "compiled", "both"], default="eager",
                         help="our rows with algo.compile off, on, or both")
+    parser.add_argument("--ours", nargs="*", default=[], help="key=value overrides for our rows alone (shown in "
+                        "their label), e.g. algo.share_encoder=true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -210,7 +212,8 @@ def main():
                     specs.append((name, "gymnasium", False))
             for name, backend, compile in specs:
                 spec = {"framework": name, "env": env_id, "num_envs": num_envs, "steps": args.steps,
-                        "device": args.device, "torch_threads": args.threads, "backend": backend, "compile": compile}
+                        "device": args.device, "torch_threads": args.threads, "backend": backend, "compile": compile,
+                        "ours": args.ours if name.startswith("rl-") else []}
                 out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO,
                                      capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
                 if out.returncode != 0:
@@ -228,7 +231,8 @@ def main():
 
 def label(row):
     if row["framework"].startswith("rl-"):
-        return f"{row['framework']}[{row['backend']},{'compiled' if row['compile'] else 'eager'}]"
+        extra = "".join(f",{override}" for override in row.get("ours", []))
+        return f"{row['framework']}[{row['backend']},{'compiled' if row['compile'] else 'eager'}{extra}]"
     if row["framework"] == "env-only":
         return f"env-only[{row['backend']}]"
     return row["framework"]

@@ -40,6 +40,10 @@ def runs(tmp_path_factory):
         "minatar": MINATAR + ["seed=3"],
         "minatar_again": MINATAR + ["seed=3"],
         "minatar_stopped": MINATAR + ["seed=3", "stop_after_steps=1024"],
+        "minatar_shared": ["algo=ppo", "env=minatar", "algo.share_encoder=true", "env.num_envs=4",
+                           "algo.num_steps=128", "total_timesteps=2048", "eval_episodes=2", "seed=5"],
+        "minatar_shared_again": ["algo=ppo", "env=minatar", "algo.share_encoder=true", "env.num_envs=4",
+                                 "algo.num_steps=128", "total_timesteps=2048", "eval_episodes=2", "seed=5"],
         "atari": ["algo=ppo", "env=atari", "env.id=ALE/Pong-v5", "env.num_envs=2", "algo.num_steps=32",
                   "algo.num_minibatches=2", "total_timesteps=128", "eval_episodes=0", "seed=4"],
     }
@@ -89,6 +93,13 @@ def test_minatar_images_train_reproducibly_and_resume_from_their_checkpoint(runs
     for tag in ("losses/value_loss", "trpo/kl", "charts/episodic_return"):
         assert [v for v in resumed[tag] if v[0] <= 1024] == [v for v in whole[tag] if v[0] <= 1024], tag
         assert resumed[tag][-1][0] == whole[tag][-1][0] == 2048, tag
+
+
+def test_ppo_with_a_shared_encoder_trains_reproducibly_and_exports(runs, capsys):
+    assert_same_run(runs["minatar_shared"], runs["minatar_shared_again"])
+    policy = rl.load(runs["minatar_shared"])
+    assert policy.agent.actor.net[0] is policy.agent.critic.net[0]  # still one module after loading
+    assert export_main([str(runs["minatar_shared"])]) == 0, capsys.readouterr().err
 
 
 def test_the_loaded_masked_policy_acts_on_dict_observations_and_info_masks(runs):

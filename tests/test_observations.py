@@ -196,3 +196,35 @@ def test_an_agent_on_a_dict_space_acts_on_packed_observations():
     packed = torch.from_numpy(agent.layout.pack(agent.layout.stack(samples(DICT_SPACE, 6, seed=4))))
     actions = agent.act(packed)
     assert actions.shape == (6,) and actions.dtype == torch.int64
+
+
+def test_a_shared_encoder_is_one_module_stepped_by_one_optimizer_and_run_once_for_the_same_loss():
+    from omegaconf import OmegaConf
+
+    from rl.algos import ppo
+    from rl.rollout import Batch
+
+    space = gym.spaces.Box(0, 255, (6, 5, 2), np.uint8)
+    torch.manual_seed(0)
+    agent = Agent(space, gym.spaces.Discrete(3), actor_hidden_sizes=(8,), critic_hidden_sizes=(8,), cnn=SMALL_CNN,
+                  share_encoder=True).double()
+    assert agent.actor.net[0] is agent.critic.net[0]
+    optimizers = ppo.make_optimizers(agent, OmegaConf.create({"learning_rate": 1e-3}))
+    stepped = [id(p) for o in optimizers.values() for g in o.param_groups for p in g["params"]]
+    assert sorted(stepped) == sorted({id(p) for p in agent.parameters()})  # each exactly once
+    obs = torch.from_numpy(np.stack(samples(space, 16, seed=5)).reshape(16, -1).astype(np.float64))
+    with torch.no_grad():
+        params = agent.actor(obs)
+        actions = agent.actor.sample(*params)
+        log_probs, values = agent.actor.log_prob(*params, actions), agent.critic(obs)
+    mb = Batch(obs, actions, log_probs + 0.1, values, torch.randn(16, dtype=torch.float64), values + 1.0)
+    loss, _ = ppo.minibatch_losses(agent.actor, agent.critic, mb, mb.advantages, 0.2, 0.01, 0.5, True)
+    grads = torch.autograd.grad(loss, list(agent.parameters()))
+    # The same loss with each network run on its own (the encoder twice): the same value and gradients.
+    dist = agent.actor(obs)
+    pg, _, _ = ppo.policy_loss(agent.actor.log_prob(*dist, actions), mb.log_probs, mb.advantages, 0.2)
+    separate = (pg - 0.01 * agent.actor.entropy(*dist).mean()
+                + 0.5 * ppo.value_loss(agent.critic(obs), mb.values, mb.returns, 0.2))
+    assert torch.allclose(loss, separate, rtol=1e-12)
+    for got, want in zip(grads, torch.autograd.grad(separate, list(agent.parameters()))):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-14)

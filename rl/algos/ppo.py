@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from rl import distributed
+from rl.networks import shared_encoder
 from rl.rollout import explained_variance
 
 
@@ -33,13 +34,23 @@ def value_loss(values, old_values, returns, clip_coef=None):
 
 def minibatch_losses(actor, critic, mb, advantages, clip_coef, entropy_coef, value_coef, clip_values):
     """The PPO loss of one minibatch, and (policy, value, entropy, approx_kl, clipfrac) as one tensor."""
-    dist_params = actor(mb.obs, *mb.memory("actor"))  # a recurrent policy unrolls its chunks
+    dist_params, values = actor_critic_outputs(actor, critic, mb)
     pg_loss, approx_kl, clipfrac = policy_loss(actor.log_prob(*dist_params, mb.actions), mb.log_probs, advantages,
                                                clip_coef)
     entropy = actor.entropy(*dist_params).mean()
-    v_loss = value_loss(critic(mb.obs, *mb.memory("critic")), mb.values, mb.returns, clip_coef if clip_values else None)
+    v_loss = value_loss(values, mb.values, mb.returns, clip_coef if clip_values else None)
     loss = pg_loss - entropy_coef * entropy + value_coef * v_loss
     return loss, torch.stack([pg_loss, v_loss, entropy, approx_kl, clipfrac]).detach()
+
+
+def actor_critic_outputs(actor, critic, mb):
+    """(distribution parameters, values) of a minibatch; a shared encoder (algo.share_encoder) runs once for
+    both heads, a recurrent policy unrolls its chunks."""
+    encoder = shared_encoder(actor, critic)
+    if encoder is None:
+        return actor(mb.obs, *mb.memory("actor")), critic(mb.obs, *mb.memory("critic"))
+    features = encoder(mb.obs)
+    return actor.params_from(mb.obs, actor.net[1](features)), critic.net[1](features).squeeze(-1)
 
 
 _compiled = []
@@ -55,10 +66,14 @@ def compiled_minibatch_losses():
 
 
 def make_optimizers(agent, cfg):
-    # Adam is per-parameter, so two optimizers on one summed loss take the same steps as one over both.
+    # Adam is per-parameter, so two optimizers on one summed loss take the same steps as one over both; a shared
+    # encoder's parameters belong to the actor's alone (in both, Adam would step them twice).
     # fused: one kernel per step instead of a loop of ops (20% faster per minibatch for our MLPs on a CPU).
-    return {name: torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
-            for name, module in (("actor", agent.actor), ("critic", agent.critic))}
+    actor_params = list(agent.actor.parameters())
+    owned = {id(p) for p in actor_params}
+    critic_params = [p for p in agent.critic.parameters() if id(p) not in owned]
+    return {name: torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5, fused=True)
+            for name, params in (("actor", actor_params), ("critic", critic_params))}
 
 
 def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
