@@ -14,7 +14,7 @@ from rl.envs import make_vector_env
 from rl.export import ExportError, exportable
 from rl.policy import Agent
 from rl.rollout import Collector
-from tests.reproducibility.runs import final_parameters, run_all, same_parameters
+from tests.reproducibility.runs import assert_same_run, run_all
 from tests.test_configs import refusal
 
 
@@ -84,18 +84,10 @@ class TestRuns:
             assert rc == 0, (name, err[-2000:])
         return {name: run_dir for name, (run_dir, _) in jobs.items()}
 
-    @staticmethod
-    def assert_same_run(first, second):
-        a, b = results.scalars(first), results.scalars(second)
-        assert a.keys() == b.keys() and "losses/value_loss" in a
-        for tag in a:
-            assert a[tag] == b[tag], f"{tag} differs"
-        assert same_parameters(final_parameters(first), final_parameters(second))
-
     @pytest.mark.parametrize("name", list(JOBS))
     def test_same_seed_same_bits_and_resume_equals_uninterrupted(self, runs, name):
-        self.assert_same_run(runs[name], runs[f"{name}_again"])
-        self.assert_same_run(runs[name], runs[f"{name}_stopped"])  # the cores' states came back from the checkpoint
+        assert_same_run(runs[name], runs[f"{name}_again"])
+        assert_same_run(runs[name], runs[f"{name}_stopped"])  # the cores' states came back from the checkpoint
 
     @pytest.mark.parametrize("name", list(JOBS))
     def test_the_loaded_policy_with_its_state_replays_the_final_evaluation(self, runs, name):

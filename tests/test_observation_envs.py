@@ -12,7 +12,7 @@ import rl
 from rl import results
 from rl.envs import make_vector_env
 from rl.export import main as export_main
-from tests.reproducibility.runs import final_parameters, run_all, same_parameters
+from tests.reproducibility.runs import assert_same_run, run_all
 from tests.test_configs import refusal
 
 pytestmark = pytest.mark.slow  # a dozen short training runs; the full suite (README, CI) runs them
@@ -55,14 +55,6 @@ def runs(tmp_path_factory):
     for name, (rc, _, err) in run_all(resumes).items():
         assert rc == 0, (name, err[-2000:])
     return dirs
-
-
-def assert_same_run(first, second):
-    a, b = results.scalars(first), results.scalars(second)
-    assert a.keys() == b.keys() and "losses/value_loss" in a
-    for tag in a:
-        assert a[tag] == b[tag], f"{tag} differs"
-    assert same_parameters(final_parameters(first), final_parameters(second))
 
 
 def test_a_masked_policy_never_takes_an_invalid_action_and_learns_faster(runs):

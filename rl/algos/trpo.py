@@ -157,18 +157,12 @@ def fit_value(critic, optimizer, batch, cfg, generator):
     Minibatches as PPO's (see minibatch_indices; whole chunks for a recurrent critic); over several ranks the
     gradients are averaged.
     """
-    if batch.starts is not None:
-        return _fit_recurrent_value(critic, optimizer, batch, cfg, generator)
     total = torch.zeros((), device=batch.obs.device)
     count = 0
-    num_steps = len(batch) // batch.num_envs
     params, max_grad_norm = list(critic.parameters()), cfg.max_grad_norm  # read once, not per minibatch
     for _ in range(cfg.vf_iters):
-        indices = minibatch_indices(num_steps, batch.num_envs, cfg.vf_minibatches, generator, batch.obs.device)
-        order, size = indices.reshape(-1), indices.shape[1]
-        obs, returns = batch.obs[order], batch.returns[order]  # only what the value loss reads
-        for start in range(0, order.numel(), size):
-            loss = 0.5 * (critic(obs[start:start + size]) - returns[start:start + size]).pow(2).mean()
+        for obs, memory, returns in _value_minibatches(batch, cfg, generator):
+            loss = 0.5 * (critic(obs, *memory) - returns).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             distributed.all_reduce_gradients(params)
@@ -180,21 +174,18 @@ def fit_value(critic, optimizer, batch, cfg, generator):
     return float(distributed.all_reduce_mean(total)) / count
 
 
-def _fit_recurrent_value(critic, optimizer, batch, cfg, generator):
-    total, count = torch.zeros((), device=batch.obs.device), 0
-    params, max_grad_norm = list(critic.parameters()), cfg.max_grad_norm
-    for _ in range(cfg.vf_iters):
+def _value_minibatches(batch, cfg, generator):
+    """One epoch of (obs, the critic's memory, returns) minibatches: only what the value loss reads."""
+    if batch.starts is not None:
         for mb in batch.sequence_minibatches(cfg.vf_minibatches, cfg.sequence_length, generator):
-            loss = 0.5 * (critic(mb.obs, *mb.memory("critic")) - mb.returns).pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.all_reduce_gradients(params)
-            if max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
-            optimizer.step()
-            total += loss.detach()
-            count += 1
-    return float(distributed.all_reduce_mean(total)) / count
+            yield mb.obs, mb.memory("critic"), mb.returns
+        return
+    num_steps = len(batch) // batch.num_envs
+    indices = minibatch_indices(num_steps, batch.num_envs, cfg.vf_minibatches, generator, batch.obs.device)
+    order, size = indices.reshape(-1), indices.shape[1]
+    obs, returns = batch.obs[order], batch.returns[order]
+    for first in range(0, order.numel(), size):
+        yield obs[first:first + size], (), returns[first:first + size]
 
 
 def make_optimizers(agent, cfg):

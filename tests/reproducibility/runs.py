@@ -57,6 +57,15 @@ def final_parameters(run_dir):
     return torch.load(directory / name, weights_only=True)["agent"]
 
 
+def assert_same_run(first, second):
+    """Every logged scalar and the final parameters of two run folders equal, bit for bit."""
+    a, b = results.scalars(first), results.scalars(second)
+    assert a.keys() == b.keys() and "losses/value_loss" in a
+    for tag in a:
+        assert a[tag] == b[tag], f"{tag} differs"
+    assert same_parameters(final_parameters(first), final_parameters(second))
+
+
 def same_parameters(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
