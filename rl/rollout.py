@@ -151,8 +151,7 @@ class Collector:
         act = _acting_function(actor) if not self.recurrent else None
         episodes, pending_finals = [], []
         self.final_values.zero_()
-        first_actor_state, first_critic_state = (self.actor_state, self.critic_state) if self.recurrent else (None,
-                                                                                                              None)
+        start_states = (self.actor_state, self.critic_state) if self.recurrent else None  # the cores' at step 0
         for t in range(self.num_steps):
             normalizer.update(self.obs)
             view["obs"][t] = normalizer.normalize_numpy(self.obs)
@@ -204,7 +203,7 @@ class Collector:
                        for stats, merged in zip(self._running_stats(), self.merged)]
         flat_obs = buf.obs.flatten(0, 1)
         if self.recurrent:
-            last_value = self._recurrent_values(flat_obs, first_actor_state, first_critic_state, pending_finals)
+            last_value = self._recurrent_values(flat_obs, *start_states, pending_finals)
         else:
             encoder = shared_encoder(actor, agent.critic)
             features = None if encoder is None else encoder(flat_obs)  # once for both heads

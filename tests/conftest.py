@@ -14,6 +14,11 @@ the whole trajectory a collector must record without running the env:
 
 import gymnasium as gym
 import numpy as np
+import torch
+
+# One torch thread per test process, as rl.train's default: two xdist workers with two OpenMP threads each
+# oversubscribe a 2-core machine, and on a busy one their spinning threads turned a 1.4 s update into 77 s.
+torch.set_num_threads(1)
 
 COUNTER_ID = "rl-test/Counter-v0"
 MAX_EPISODE_STEPS = 5
