@@ -49,8 +49,8 @@ def cell_name(algo, name=None):
 
 def jobs_from_matrix(matrix):
     """[{env, algo, name, overrides, seed, folder}] from {"seeds": [...], "cells": [{env, algo, name?, id?,
-    overrides?, seeds?}]}. `id`: the env id for a family config (env=minatar, id=MinAtar/Breakout-v1); the
-    results' folder is named after it ("/" -> "-"), else after `env`."""
+    overrides?, seeds?, folder?}]}. `id`: the env id for a family config (env=minatar, id=MinAtar/Breakout-v1);
+    the results' folder is `folder`, else named after the id ("/" -> "-"), else after `env`."""
     jobs = []
     cells = matrix["cells"]
     seeds = sorted({seed for cell in cells for seed in cell.get("seeds", matrix.get("seeds", []))})
@@ -61,7 +61,7 @@ def jobs_from_matrix(matrix):
                              "overrides": ([f"env.id={cell['id']}"] if "id" in cell else []) +
                              list(cell.get("overrides", [])) + list(matrix.get("overrides", [])),
                              "seed": seed, "id": cell.get("id"),
-                             "folder": cell.get("id", cell["env"]).replace("/", "-")})
+                             "folder": cell.get("folder", cell.get("id", cell["env"]).replace("/", "-"))})
     return jobs
 
 

@@ -15,6 +15,7 @@ maximum every time; a random one scores the expected number of chance matches.
   checkpoints (snapshot_state / restore_state), so its runs resume exactly.
 - PositionOnlyCartPole-v0: CartPole-v1 showing the cart position and pole angle only (no velocities): a
   policy must remember the last observations to balance (as POPGym's StatelessCartPole).
+- VelocityFreePendulum-v0: Pendulum-v1 showing cos and sin of the angle only (no angular velocity).
 """
 
 import gymnasium as gym
@@ -101,22 +102,30 @@ class PickValid(gym.Env):
         return obs, reward, True, False, info
 
 
-class PositionsOnly(gym.ObservationWrapper):
-    def __init__(self, env):
+class KeepFeatures(gym.ObservationWrapper):
+    """Only the observation features at `keep`."""
+
+    def __init__(self, env, keep):
         super().__init__(env)
-        high = env.observation_space.high[[0, 2]]
-        self.observation_space = gym.spaces.Box(-high, high, (2,), np.float32)
+        self.keep = list(keep)
+        high = env.observation_space.high[self.keep]
+        self.observation_space = gym.spaces.Box(-high, high, (len(self.keep),), np.float32)
 
     def observation(self, obs):
-        return obs[[0, 2]].astype(np.float32)
+        return obs[self.keep].astype(np.float32)
 
 
 def position_only_cartpole(**kwargs):
-    return PositionsOnly(gym.make("CartPole-v1", **kwargs))
+    return KeepFeatures(gym.make("CartPole-v1", **kwargs), [0, 2])  # x, theta (not their velocities)
+
+
+def velocity_free_pendulum(**kwargs):
+    return KeepFeatures(gym.make("Pendulum-v1", **kwargs), [0, 1])  # cos, sin (not the angular velocity)
 
 
 gym.register("MatchDigits-v0", entry_point=MatchDigits)
 gym.register("PositionOnlyCartPole-v0", entry_point=position_only_cartpole)
+gym.register("VelocityFreePendulum-v0", entry_point=velocity_free_pendulum)
 gym.register("MatchBits-v0", entry_point=MatchBits)
 gym.register("PickValid-v0", entry_point=PickValid)
 gym.register("PickValidInfo-v0", entry_point=PickValid, kwargs={"mask_in_info": True})
