@@ -129,7 +129,7 @@ def main():
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (rl.train's default is 1)")
     parser.add_argument("--wrapper", action="append", default=[], help="package.module:Wrapper for each env")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # key=value overrides may come before and after options
     from rl.envs import load_wrapper, register_namespace
 
     register_namespace(args.env)
