@@ -211,7 +211,9 @@ def config_of(state):
         raise CheckpointError(f"the checkpoint's embedded config is not valid YAML ({type(error).__name__})") from None
     if not isinstance(config, DictConfig) or "env" not in config or "algo" not in config:
         raise CheckpointError("the checkpoint's embedded config is not a run config")
-    return config
+    from rl.config import fill_keys_added_later
+
+    return fill_keys_added_later(config)  # a run saved before a key existed reads it as it behaved then
 
 
 def _tensors(node):

@@ -333,6 +333,26 @@ def validate(cfg):
     return resolve_device(cfg.device)
 
 
+# Keys a run saved before they existed lacks, with the value that keeps that run's meaning (its observations
+# were flat vectors read by an MLP without memory). A resume, rl.load and rl.evaluate read old runs with these.
+KEYS_ADDED_LATER = {
+    "env.preprocessing": "none", "env.wrappers": [], "env.image_keys": [], "env.action_mask": "none",
+    "env.cnn_channels": [32, 64, 64], "env.cnn_kernels": [8, 4, 3], "env.cnn_strides": [4, 2, 1],
+    "env.cnn_features": 512, "algo.memory": "none", "algo.memory_size": 64, "algo.sequence_length": 16,
+    "algo.share_encoder": False,
+}
+
+
+def fill_keys_added_later(cfg):
+    """`cfg` (a saved run config) with KEYS_ADDED_LATER's values where it has no such key (and its algorithm
+    reads it)."""
+    readers = dict(SCHEMA)
+    for key, value in KEYS_ADDED_LATER.items():
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>" and cfg.algo.get("name") in readers[key].algos:
+            OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
 def _check_batch(cfg):
     """What the batch must hold: a whole rollout in the budget, and minibatches of at least one step per env."""
     algo, num_envs = cfg.algo, cfg.env.num_envs

@@ -104,3 +104,19 @@ def test_the_schema_names_exactly_the_keys_the_yaml_files_hold(algo):
     yaml_keys |= {f"env.{k}" for k in OmegaConf.load(CONFIG_DIR / "env" / "common.yaml")}
     assert set(keys_of(algo)) == yaml_keys
     assert set(ALGORITHM_NAMES) == set(ALGORITHMS) == set(ALGO_NAMES)
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_a_run_saved_before_keys_existed_reads_them_as_it_behaved_then(algo):
+    from rl import checkpoint
+    from rl.config import KEYS_ADDED_LATER
+
+    cfg = compose_config(f"algo={algo}", "env=CartPole-v1")
+    OmegaConf.set_struct(cfg, False)
+    for key in KEYS_ADDED_LATER:  # as an old checkpoint's config: none of the later keys
+        parent, _, leaf = key.rpartition(".")
+        OmegaConf.select(cfg, parent).pop(leaf, None)
+    saved = checkpoint.config_of({"config": OmegaConf.to_yaml(cfg)})
+    assert saved.algo.memory == "none" and saved.env.image_keys == [] and saved.env.preprocessing == "none"
+    assert ("share_encoder" in saved.algo) == (algo == "ppo")  # only where the algorithm reads it
+    assert validate(saved) in ("cpu", "cuda")
