@@ -1,11 +1,12 @@
-"""Recurrent cores for policies with memory (issue 23's foundation): GRU and LSTM cells written out in plain
-torch ops, unrolled over (T, N) sequences with the state reset where an episode starts.
+"""Recurrent cores for policies with memory (algo.memory): GRU and LSTM cells written out in plain torch ops,
+unrolled over (T, N) sequences with the state reset where an episode starts.
 
 The cells are our own few lines rather than nn.GRU / nn.LSTM because TRPO's Fisher-vector product runs
 through torch.func (functional_call, jvp, vjp) and cuDNN's fused RNN kernels support neither forward-mode
 derivatives nor swapped-in weights; the gate equations are PyTorch's (tested against nn.GRUCell and
-nn.LSTMCell). A core's state is one (N, state_size) tensor (the LSTM's h and c side by side), so rollout
-buffers and checkpoints hold every kind the same way.
+nn.LSTMCell), and so is their initialization (nn.Linear's uniform, as nn.GRU's). A core's state is one
+(N, state_size) tensor (the LSTM's h and c side by side), so rollout buffers and checkpoints hold every kind
+the same way.
 """
 
 import torch
@@ -75,7 +76,8 @@ def unroll(core, inputs, state, starts, every_state=False):
     for t in range(inputs.shape[0]):
         out, state = core.step(inputs[t], state * keep[t, :, None])
         outputs.append(out)
-        states.append(state)
+        if every_state:
+            states.append(state)
     return torch.stack(outputs), (torch.stack(states) if every_state else state)
 
 
@@ -96,7 +98,7 @@ class RecurrentNet(nn.Module):
         """With `every_state`: (outputs, the core's state after every step (T, N, state_size))."""
         steps, envs = starts.shape
         features = self.encoder(obs).view(steps, envs, -1)
-        outputs, states = unroll(self.core, features, state, starts, every_state=True)
+        outputs, states = unroll(self.core, features, state, starts, every_state)
         outputs = self.head(outputs.reshape(steps * envs, -1))
         return (outputs, states) if every_state else outputs
 
