@@ -10,7 +10,7 @@ from torch import nn
 
 from rl import distributions as D
 from rl.memory import RecurrentNet
-from rl.networks import Encoder, encoded_mlp
+from rl.networks import Encoder, encoded_mlp, shared_encoder
 from rl.normalize import ObservationNormalizer, RewardScaler
 from rl.observations import ObservationLayout
 
@@ -222,6 +222,16 @@ class Agent(nn.Module):
         """Zero states (batch, S) of the actor's and the critic's cores, where an episode begins."""
         return (torch.zeros(batch, self.actor.net.state_size, dtype=dtype),
                 torch.zeros(batch, self.critic.net.state_size, dtype=dtype))
+
+
+def actor_critic_outputs(actor, critic, obs, actor_memory=(), critic_memory=()):
+    """(distribution parameters, values) for the same observations: a shared encoder (algo.share_encoder) runs
+    once for both heads; a recurrent actor and critic take their (states, starts)."""
+    encoder = shared_encoder(actor, critic)
+    if encoder is None:
+        return actor(obs, *actor_memory), critic(obs, *critic_memory)
+    features = encoder(obs)
+    return actor.params_from(obs, actor.net[1](features)), critic.net[1](features).squeeze(-1)
 
 
 def mask_blocks(action_space):

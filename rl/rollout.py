@@ -10,7 +10,8 @@ from torch import nn
 from rl import distributed
 from rl.envs import final_observations
 from rl.guards import check_env_output
-from rl.networks import plain_mlp, shared_encoder
+from rl.networks import plain_mlp
+from rl.policy import actor_critic_outputs
 
 
 @dataclass
@@ -205,10 +206,7 @@ class Collector:
         if self.recurrent:
             last_value = self._recurrent_values(flat_obs, *start_states, pending_finals)
         else:
-            encoder = shared_encoder(actor, agent.critic)
-            features = None if encoder is None else encoder(flat_obs)  # once for both heads
-            values = agent.critic(flat_obs) if encoder is None else agent.critic.net[1](features).squeeze(-1)
-            params = actor(flat_obs) if encoder is None else actor.params_from(flat_obs, actor.net[1](features))
+            params, values = actor_critic_outputs(actor, agent.critic, flat_obs)
             buf.values.copy_(values.view_as(buf.values))
             buf.log_probs.copy_(actor.log_prob(*params, buf.actions.flatten(0, 1)).view_as(buf.log_probs))
             last_value = agent.critic(torch.from_numpy(normalizer.normalize_numpy(self.obs)))

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from rl import distributed
-from rl.networks import shared_encoder
+from rl.policy import actor_critic_outputs
 from rl.rollout import explained_variance
 
 
@@ -34,23 +34,13 @@ def value_loss(values, old_values, returns, clip_coef=None):
 
 def minibatch_losses(actor, critic, mb, advantages, clip_coef, entropy_coef, value_coef, clip_values):
     """The PPO loss of one minibatch, and (policy, value, entropy, approx_kl, clipfrac) as one tensor."""
-    dist_params, values = actor_critic_outputs(actor, critic, mb)
+    dist_params, values = actor_critic_outputs(actor, critic, mb.obs, mb.memory("actor"), mb.memory("critic"))
     pg_loss, approx_kl, clipfrac = policy_loss(actor.log_prob(*dist_params, mb.actions), mb.log_probs, advantages,
                                                clip_coef)
     entropy = actor.entropy(*dist_params).mean()
     v_loss = value_loss(values, mb.values, mb.returns, clip_coef if clip_values else None)
     loss = pg_loss - entropy_coef * entropy + value_coef * v_loss
     return loss, torch.stack([pg_loss, v_loss, entropy, approx_kl, clipfrac]).detach()
-
-
-def actor_critic_outputs(actor, critic, mb):
-    """(distribution parameters, values) of a minibatch; a shared encoder (algo.share_encoder) runs once for
-    both heads, a recurrent policy unrolls its chunks."""
-    encoder = shared_encoder(actor, critic)
-    if encoder is None:
-        return actor(mb.obs, *mb.memory("actor")), critic(mb.obs, *mb.memory("critic"))
-    features = encoder(mb.obs)
-    return actor.params_from(mb.obs, actor.net[1](features)), critic.net[1](features).squeeze(-1)
 
 
 _compiled = []
