@@ -5,6 +5,8 @@ of the buffers: a handful of NumPy operations on tiny arrays cost a few microsec
 several times more. `forward` (torch) serves the learner and `rl.load(...).act`.
 """
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,8 +39,10 @@ class RunningMeanStd(nn.Module):
         n, prior = batch.shape[0], float(count)
         if n == 1:  # one env: skip the reductions
             batch_mean, batch_var = batch[0], 0.0
-        else:
-            batch_mean, batch_var = batch.mean(0), batch.var(0)
+        else:  # ndarray.mean and .var's own ufunc steps, without their Python wrappers (the same bits)
+            batch_mean = np.add.reduce(batch, 0) / n
+            centered = batch - batch_mean
+            batch_var = np.add.reduce(centered * centered, 0) / n
         total = prior + n
         delta = batch_mean - mean
         mean += delta * (n / total)
@@ -114,12 +118,33 @@ class RewardScaler(nn.Module):
         reward = np.asarray(reward, dtype=np.float64)
         if not self.enabled:
             return reward.astype(np.float32)
+        if reward.shape == (1,):
+            return self._one_env(float(reward[0]), discounted_return, bool(done[0]))
+        return self._batch(reward, discounted_return, done)
+
+    def _batch(self, reward, discounted_return, done):
         discounted_return *= self.gamma
         discounted_return += reward
         self.stats.update(discounted_return)
         discounted_return[done] = 0.0
         scaled = reward / np.sqrt(self.stats.numpy_views()[1] + self.epsilon)
         return _clip_inplace(scaled, self.clip).astype(np.float32)
+
+    def _one_env(self, reward, discounted_return, done):
+        """`forward` for one env in Python floats: the same IEEE double operations in the same order as the
+        NumPy path (so the same bits), at a third of its cost on 0-d arrays."""
+        mean, var, count = self.stats.numpy_views()
+        running = float(discounted_return[0]) * self.gamma + reward
+        prior = float(count)
+        total = prior + 1
+        delta = running - float(mean)
+        mean[...] = float(mean) + delta * (1 / total)
+        new_var = float(var) * (prior / total) + delta * delta * (prior / (total * total))
+        var[...] = new_var
+        count[...] = total
+        discounted_return[0] = 0.0 if done else running
+        scaled = min(max(reward / math.sqrt(new_var + self.epsilon), -self.clip), self.clip)
+        return np.array([scaled], dtype=np.float32)
 
 
 def _clip_inplace(x, bound):

@@ -11,7 +11,7 @@ from rl import distributed
 from rl.envs import final_observations
 from rl.guards import check_env_output
 from rl.networks import plain_mlp
-from rl.policy import actor_critic_outputs
+from rl.policy import GaussianActor, actor_critic_outputs
 
 
 @dataclass
@@ -50,13 +50,21 @@ def _acting_function(actor):
     linears, activations = structure
     weights = [(m.bias, m.weight.T) for m in linears]
     functions = [{nn.Tanh: torch.tanh, nn.ReLU: torch.relu}.get(type(m), m) for m in activations]
+    if isinstance(actor, GaussianActor):  # the std is fixed for the rollout: exp(log_std) once, not per step
+        std = actor.log_std.exp()
+
+        def sample(mean):
+            return torch.addcmul(mean, std, torch.randn_like(mean))
+    else:
+        def sample(output):
+            return actor.sample(*actor.head(output))
 
     def act(obs):
         h = obs
         for (bias, weight_t), activation in zip(weights[:-1], functions):
             h = activation(torch.addmm(bias, h, weight_t))
         bias, weight_t = weights[-1]
-        return actor.sample(*actor.head(torch.addmm(bias, h, weight_t)))
+        return sample(torch.addmm(bias, h, weight_t))
 
     return act
 

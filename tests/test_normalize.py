@@ -76,25 +76,26 @@ def test_observation_normalizer_formula_clip_and_state_dict():
     assert disabled.stats.count.item() == pytest.approx(EPSILON)
 
 
-def test_reward_scaler_matches_hand_loop():
+@pytest.mark.parametrize("num_envs", [1, 2])  # one env takes a float path of its own
+def test_reward_scaler_matches_hand_loop(num_envs):
     gamma, clip = 0.9, 2.0
     rng = np.random.default_rng(2)
-    rewards = rng.normal(1.0, 3.0, size=(12, 2))
-    done = np.zeros((12, 2), dtype=bool)
-    done[3, 0] = done[7, 1] = done[10, 0] = True
+    rewards = rng.normal(1.0, 3.0, size=(12, num_envs))
+    done = np.zeros((12, num_envs), dtype=bool)
+    done[3, 0] = done[7, num_envs - 1] = done[10, 0] = True
 
     scaler = RewardScaler(gamma, clip)
-    discounted = np.zeros(2)
-    running = [0.0, 0.0]
+    discounted = np.zeros(num_envs)
+    running = [0.0] * num_envs
     seen = []
     for t in range(12):
         out = scaler(rewards[t], discounted, done[t])
         expected = []
-        for n in range(2):
+        for n in range(num_envs):
             running[n] = gamma * running[n] + rewards[t, n]
         seen += running
         var = np.var(seen)
-        for n in range(2):
+        for n in range(num_envs):
             expected.append(float(np.clip(rewards[t, n] / np.sqrt(var + 1e-8), -clip, clip)))
             if done[t, n]:
                 running[n] = 0.0
@@ -104,6 +105,21 @@ def test_reward_scaler_matches_hand_loop():
     disabled = RewardScaler(gamma, enabled=False)
     r = np.array([3.0, -4.0])
     assert np.array_equal(disabled(r, np.zeros(2), np.zeros(2, dtype=bool)), r)
+
+
+def test_reward_scaler_one_env_path_is_the_array_path_bit_for_bit():
+    # Runs stay bit-identical to those made before the one-env path existed: same statistics, same outputs.
+    fast, arrays = RewardScaler(0.99, clip=5.0), RewardScaler(0.99, clip=5.0)
+    rng = np.random.default_rng(3)
+    returns_fast, returns_arrays = np.zeros(1), np.zeros(1)
+    for _ in range(5000):
+        reward = rng.standard_cauchy(1)  # heavy tails reach the clip
+        done = rng.random(1) < 0.02
+        out = fast(reward, returns_fast, done)
+        assert out.tobytes() == arrays._batch(reward, returns_arrays, done).tobytes()
+        assert returns_fast.tobytes() == returns_arrays.tobytes()
+    for name in ("mean", "var", "count"):
+        assert getattr(fast.stats, name).numpy().tobytes() == getattr(arrays.stats, name).numpy().tobytes()
 
 
 def test_numpy_normalization_matches_torch_forward():
