@@ -1,9 +1,9 @@
 """Proximal Policy Optimization with the clipped surrogate (Schulman et al. 2017)."""
 
 import torch
-from torch import nn
 
 from rl import distributed
+from rl.optim import gradient_step
 from rl.policy import actor_critic_outputs
 from rl.rollout import explained_variance
 
@@ -80,6 +80,7 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
     # Read once: an OmegaConf attribute costs microseconds, and the loop below runs hundreds of times an update.
     entropy_coef, value_coef, clip_value_loss = cfg.entropy_coef, cfg.value_coef, cfg.clip_value_loss
     max_grad_norm = cfg.max_grad_norm
+    steppers = list(optimizers.values())
     losses = compiled_minibatch_losses() if cfg.compile else minibatch_losses
     sums = torch.zeros(5, device=batch.obs.device)  # policy, value, entropy, approx_kl, clipfrac
     count = 0
@@ -93,13 +94,7 @@ def update(agent, optimizers, batch, cfg, generator, fraction_left=1.0):
             if cfg.normalize_advantages else [mb.advantages for mb in minibatches]
         for mb, advantages in zip(minibatches, normalized):
             loss, stats = losses(actor, critic, mb, advantages, clip_coef, entropy_coef, value_coef, clip_value_loss)
-            for optimizer in optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.all_reduce_gradients(params)
-            nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
-            for optimizer in optimizers.values():
-                optimizer.step()
+            gradient_step(loss, params, steppers, max_grad_norm)
             sums += stats
             count += 1
             epoch_kl += stats[3]

@@ -7,12 +7,12 @@ The value function is fitted separately with its own Adam optimizer.
 """
 
 import torch
-from torch import nn
 from torch.nn.utils import parameters_to_vector
 
 from rl import distributed
 from rl.cg import conjugate_gradient
 from rl.fisher import FISHER_VECTOR_PRODUCTS
+from rl.optim import gradient_step
 from rl.rollout import explained_variance, minibatch_indices
 
 
@@ -160,15 +160,11 @@ def fit_value(critic, optimizer, batch, cfg, generator):
     total = torch.zeros((), device=batch.obs.device)
     count = 0
     params, max_grad_norm = list(critic.parameters()), cfg.max_grad_norm  # read once, not per minibatch
+    optimizer_list = [optimizer]
     for _ in range(cfg.vf_iters):
         for obs, memory, returns in _value_minibatches(batch, cfg, generator):
             loss = 0.5 * (critic(obs, *memory) - returns).pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.all_reduce_gradients(params)
-            if max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
-            optimizer.step()
+            gradient_step(loss, params, optimizer_list, max_grad_norm)
             total += loss.detach()
             count += 1
     return float(distributed.all_reduce_mean(total)) / count
