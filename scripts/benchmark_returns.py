@@ -6,7 +6,7 @@
     python scripts/benchmark_returns.py --matrix benchmarks/matrices/hopper_study.json   # many cells, one queue
 
 Each run is `python -m rl.train algo=<algo> env=<env> seed=<k> [overrides]` with the shipped configs, in
-its own run folder under `--runs-dir` (not committed). Algos `sb3-ppo` and `sb3-trpo` run
+its own run folder under `--runs-dir` (not committed). Algos `sb3-ppo`, `sb3-trpo` and `sb3-recurrent-ppo` run
 Stable-Baselines3 / sb3-contrib with the RL Baselines3 Zoo recipe (scripts/sb3_baseline.py), evaluated the
 same way. What is kept, under `--out`:
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from rl import results
 
 REPO = Path(__file__).resolve().parent.parent
-SB3_ALGOS = ("sb3-ppo", "sb3-trpo")
+SB3_ALGOS = ("sb3-ppo", "sb3-trpo", "sb3-recurrent-ppo")
 # What rl.results.STATS_TAGS keeps, for for SB3 / sb3-contrib cells, under their own names (train/std is the policy's mean std;
 # sb3-contrib's train/kl_divergence_loss is the KL averaged over action dimensions).
 SB3_STATS_TAGS = ("train/std", "train/kl_divergence_loss", "train/approx_kl", "train/clip_fraction",

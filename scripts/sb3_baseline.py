@@ -10,6 +10,12 @@ Evaluation matches `rl.train`: every `--eval-every-steps` and at the end, `--eva
 deterministic policy on fresh envs seeded seed + 10000 + i, observations normalized with the training
 statistics frozen, raw rewards. Writes <out>/summary.json (the keys of rl.train's) and <out>/curve.csv.
 
+`--algo recurrent-ppo` is sb3-contrib's RecurrentPPO (MlpLstmPolicy, an LSTM of `lstm_hidden_size=64` units for
+actor and critic each), for the memory issue's side-by-side cells; its recipe is the cell's overrides alone
+(SB3's defaults otherwise), evaluation carries the LSTM state through each episode. `norm_obs=false` /
+`norm_reward=false` turn VecNormalize's parts off where `rl`'s config does not normalize, and
+`anneal_learning_rate=true` decays the learning rate linearly to 0 as `rl`'s does.
+
 Beyond flat vectors, as `rl`'s family configs have them: a Dict observation takes SB3's MultiInputPolicy
 (PointMaze: SB3's PPO defaults with 4 envs, vector keys normalized), and MiniGrid (`--wrapper
 minigrid.wrappers:ImgObsWrapper`) a CnnPolicy whose features extractor is `rl`'s MiniGrid CNN (Nature-CNN
@@ -49,6 +55,8 @@ MINIGRID_PPO = dict(n_envs=8, n_steps=128, batch_size=256, n_epochs=4, learning_
 
 def recipe(algo, env_id):
     """(keyword arguments, policy settings) of the zoo recipe for this pair."""
+    if algo == "recurrent-ppo":
+        return {"n_envs": 1}, {"lstm_hidden_size": 64}
     if env_id.startswith("MiniGrid-") and algo == "ppo":
         return dict(MINIGRID_PPO), {"minigrid_cnn": True, "anneal_learning_rate": True}
     if env_id.startswith("PointMaze_"):
@@ -100,8 +108,11 @@ def evaluate(model, venv, env_id, episodes, seed, wrappers=()):
         env = make_env(env_id, wrappers)
         obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET + i)
         total, length, done = 0.0, 0, False
+        state, start = None, np.ones(1, dtype=bool)  # a recurrent policy's state (feed-forward ones ignore it)
         while not done:
-            action, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+            action, state = model.predict(venv.normalize_obs(obs), state=state, episode_start=start,
+                                          deterministic=True)
+            start = np.zeros(1, dtype=bool)
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             length += 1
@@ -120,7 +131,7 @@ def evaluation_columns(returns, lengths):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="key=value: recipe keyword arguments to change")
-    parser.add_argument("--algo", choices=["ppo", "trpo"], required=True)
+    parser.add_argument("--algo", choices=["ppo", "trpo", "recurrent-ppo"], required=True)
     parser.add_argument("--env", required=True)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
@@ -136,7 +147,7 @@ def main():
     wrappers = [load_wrapper(path) for path in args.wrapper]
 
     import torch
-    from sb3_contrib import TRPO
+    from sb3_contrib import TRPO, RecurrentPPO
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -151,9 +162,10 @@ def main():
         elif key == "eval_episodes":
             args.eval_episodes = int(value)
         else:
-            kwargs[key] = yaml.safe_load(value)
+            kwargs[key] = number_or_yaml(value)
     n_envs = kwargs.pop("n_envs")
     gamma = kwargs.get("gamma", 0.99)
+    norm_obs, norm_reward = kwargs.pop("norm_obs", True), kwargs.pop("norm_reward", True)
     probe = make_env(args.env, wrappers)
     space = probe.observation_space
     probe.close()
@@ -161,19 +173,22 @@ def main():
     dict_space = isinstance(space, gym.spaces.Dict)
     venv = VecNormalize(make_vec_env(args.env, n_envs=n_envs, seed=args.seed,
                                      wrapper_class=(lambda env: make_wrapped(env, wrappers)) if wrappers else None),
-                        gamma=gamma, norm_obs=not image, norm_reward=not image)
+                        gamma=gamma, norm_obs=norm_obs and not image, norm_reward=norm_reward and not image)
     policy_kwargs = {}
     policy_name = "MultiInputPolicy" if dict_space else "CnnPolicy" if image else "MlpPolicy"
-    if policy.get("minigrid_cnn"):
+    if args.algo == "recurrent-ppo":
+        policy_name = policy_name.replace("Policy", "LstmPolicy")
+        policy_kwargs = dict(policy)
+    elif policy.get("minigrid_cnn"):
         policy_kwargs = dict(features_extractor_class=minigrid_extractor(), net_arch=dict(pi=[64], vf=[64]),
                              activation_fn=torch.nn.Tanh)
     elif policy:
         policy_kwargs = dict(log_std_init=policy["log_std_init"], ortho_init=policy["ortho_init"],
                              activation_fn=torch.nn.ReLU,
                              net_arch=dict(pi=policy["net_arch"], vf=policy["net_arch"]))
-    cls = PPO if args.algo == "ppo" else TRPO
+    cls = {"ppo": PPO, "trpo": TRPO, "recurrent-ppo": RecurrentPPO}[args.algo]
     schedule = {}
-    if policy.get("anneal_learning_rate"):  # linearly to 0, as rl's anneal_learning_rate
+    if kwargs.pop("anneal_learning_rate", policy.get("anneal_learning_rate", False)):  # to 0, as rl's
         initial = kwargs["learning_rate"]
         schedule["learning_rate"] = lambda remaining: initial * remaining
     model = cls(policy_name, venv, seed=args.seed, device="cpu", policy_kwargs=policy_kwargs or None, verbose=0,
@@ -234,6 +249,14 @@ def main():
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"done: {summary['total_timesteps']} steps in {wall:.0f}s, eval return {final['eval_return']:.1f}")
+
+
+def number_or_yaml(text):
+    """A value as YAML reads it, except that `1e-3` is a number (YAML 1.1 wants `1.0e-3`), as in rl.train."""
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        return yaml.safe_load(text)
 
 
 def make_wrapped(env, wrappers):
