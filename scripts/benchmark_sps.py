@@ -24,6 +24,13 @@ An env of a family config is named `<family>:<id>`, e.g. `--envs atari:ALE/Pong-
 and configs/tuned/ppo_atari.yaml; EnvPool's Atari with `--backends envpool`). SB3's side is then its own Atari
 stack (make_atari_env: AtariWrapper, VecFrameStack 4) with CnnPolicy, the same hyperparameters, and its
 default of one CNN shared by actor and critic (ours are separate: twice the CNN work per update).
+
+Memory: our PPO rows with `--ours algo.memory=lstm` (or gru) are compared with `sb3-recurrent-ppo`,
+sb3-contrib's RecurrentPPO (MlpLstmPolicy, lstm_hidden_size = our memory_size). `--overrides` sets keys for
+both sides (the anchors are built from the composed config), e.g. a recipe's rollout and minibatch sizes:
+
+    python scripts/benchmark_sps.py --envs generic:tests.toy_envs:PositionOnlyCartPole-v0 --num-envs 8 \
+        --frameworks rl-ppo sb3-recurrent-ppo --ours algo.memory=lstm --overrides algo.num_steps=32 ...
 """
 
 import argparse
@@ -43,6 +50,7 @@ FRAMEWORKS = {  # name -> (algo, anchor it is compared with)
     "rl-trpo": ("trpo", "sb3-trpo"),
     "sb3-ppo": ("ppo", None),
     "sb3-trpo": ("trpo", None),
+    "sb3-recurrent-ppo": ("ppo", None),  # the anchor of our PPO rows with algo.memory=gru|lstm (--ours)
 }
 
 
@@ -54,12 +62,12 @@ def env_overrides(env_spec):
     return [f"env={env_spec}"]
 
 
-def composed_config(algo, env_spec, num_envs, steps):
+def composed_config(algo, env_spec, num_envs, steps, overrides=()):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         return compose("config", overrides=[f"algo={algo}", *env_overrides(env_spec), f"env.num_envs={num_envs}",
-                                            f"total_timesteps={steps}"])
+                                            f"total_timesteps={steps}", *overrides])
 
 
 def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium", compile=False, extra=()):
@@ -80,14 +88,17 @@ def run_ours(algo, env_id, num_envs, steps, device, threads, backend="gymnasium"
     return summary["total_timesteps"], summary["wall_seconds"], steady
 
 
-def run_sb3(algo, env_id, num_envs, steps, device, threads):
+def run_sb3(algo, env_id, num_envs, steps, device, threads, overrides=(), recurrent=False):
     import torch
 
     torch.set_num_threads(threads)
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    cfg = composed_config(algo, env_id, num_envs, steps)
+    from rl.envs import register_namespace
+
+    cfg = composed_config(algo, env_id, num_envs, steps, overrides)
+    register_namespace(cfg.env.id)
     a, e = cfg.algo, cfg.env
     atari = e.preprocessing == "atari"
     if atari:
@@ -100,7 +111,7 @@ def run_sb3(algo, env_id, num_envs, steps, device, threads):
         venv = VecFrameStack(make_atari_env(e.id, n_envs=num_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv,
                                             env_kwargs=dict(e.kwargs)), 4)
     else:
-        venv = make_vec_env(env_id, n_envs=num_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
+        venv = make_vec_env(cfg.env.id, n_envs=num_envs, seed=cfg.seed, vec_env_cls=DummyVecEnv)
     if e.normalize_observations or e.normalize_rewards:
         venv = VecNormalize(venv, norm_obs=e.normalize_observations, norm_reward=e.normalize_rewards,
                             clip_obs=e.clip_observations, clip_reward=e.clip_rewards, gamma=a.gamma)
@@ -109,13 +120,17 @@ def run_sb3(algo, env_id, num_envs, steps, device, threads):
     if not atari:
         policy_kwargs["log_std_init"] = a.init_log_std
     policy = "CnnPolicy" if atari else "MlpPolicy"
+    if recurrent:  # sb3-contrib's RecurrentPPO: an LSTM of our memory_size for actor and critic each
+        policy = policy.replace("Policy", "LstmPolicy")
+        policy_kwargs["lstm_hidden_size"] = a.memory_size
     batch = num_envs * a.num_steps
     common = dict(n_steps=a.num_steps, gamma=a.gamma, gae_lambda=a.gae_lambda, device=device, seed=cfg.seed,
                   policy_kwargs=policy_kwargs, verbose=0)
     if algo == "ppo":
+        from sb3_contrib import RecurrentPPO
         from stable_baselines3 import PPO
 
-        model = PPO(policy, venv, learning_rate=a.learning_rate, n_epochs=a.update_epochs,
+        model = (RecurrentPPO if recurrent else PPO)(policy, venv, learning_rate=a.learning_rate, n_epochs=a.update_epochs,
                     batch_size=batch // a.num_minibatches, clip_range=a.clip_coef,
                     clip_range_vf=a.clip_coef if a.clip_value_loss else None, ent_coef=a.entropy_coef,
                     vf_coef=a.value_coef, max_grad_norm=a.max_grad_norm, target_kl=a.target_kl, **common)
@@ -164,9 +179,10 @@ def worker(spec):
         done, wall, steady = run_env_only(env_id, num_envs, steps, backend)
     elif name.startswith("rl-"):
         done, wall, steady = run_ours(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads, backend,
-                                      spec["compile"], spec.get("ours", []))
+                                      spec["compile"], [*spec.get("overrides", []), *spec.get("ours", [])])
     else:
-        done, wall, steady = run_sb3(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads)
+        done, wall, steady = run_sb3(FRAMEWORKS[name][0], env_id, num_envs, steps, device, threads,
+                                     spec.get("overrides", []), recurrent=name == "sb3-recurrent-ppo")
     print(json.dumps({**spec, "steps_done": done, "wall_seconds": wall, "sps": done / wall, "steady": steady}))
 
 
@@ -174,7 +190,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", default=["Hopper-v4", "CartPole-v1"])
     parser.add_argument("--num-envs", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=list(FRAMEWORKS))
+    parser.add_argument("--frameworks", nargs="+", default=["rl-ppo", "rl-trpo", "sb3-ppo", "sb3-trpo"],
+                        choices=list(FRAMEWORKS))
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same for every framework")
@@ -183,6 +200,8 @@ def main():
                         help="env backends for our rows and the env-only limits")
     parser.add_argument("--compile", choices=["eager", "compiled", "both"], default="eager",
                         help="our rows with algo.compile off, on, or both")
+    parser.add_argument("--overrides", nargs="*", default=[], help="key=value overrides for every row: ours, and "
+                        "the composed config the anchors are built from (e.g. a recipe's algo.num_steps=32)")
     parser.add_argument("--ours", nargs="*", default=[], help="key=value overrides for our rows alone (shown in "
                         "their label), e.g. algo.share_encoder=true")
     parser.add_argument("--json", type=Path, default=None)
@@ -213,7 +232,7 @@ def main():
             for name, backend, compile in specs:
                 spec = {"framework": name, "env": env_id, "num_envs": num_envs, "steps": args.steps,
                         "device": args.device, "torch_threads": args.threads, "backend": backend, "compile": compile,
-                        "ours": args.ours if name.startswith("rl-") else []}
+                        "ours": args.ours if name.startswith("rl-") else [], "overrides": args.overrides}
                 out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO,
                                      capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
                 if out.returncode != 0:
@@ -249,6 +268,9 @@ def print_table(rows):
     for r in rows:
         algo = FRAMEWORKS.get(r["framework"], ("-", None))[0]
         anchor_name = FRAMEWORKS.get(r["framework"], (None, None))[1]
+        if anchor_name == "sb3-ppo" and any(o.startswith("algo.memory=") and o != "algo.memory=none"
+                                            for o in r.get("ours", [])):
+            anchor_name = "sb3-recurrent-ppo"
         anchor = find(anchor_name, r["env"], r["num_envs"]) if anchor_name else None
         limit = find("env-only", r["env"], r["num_envs"], r["backend"])
         ratio = f"{r['sps'] / anchor['sps']:.2f}x" if anchor else "-"
