@@ -162,8 +162,7 @@ class Collector:
         self.final_values.zero_()
         start_states = (self.actor_state, self.critic_state) if self.recurrent else None  # the cores' at step 0
         for t in range(self.num_steps):
-            normalizer.update(self.obs)
-            view["obs"][t] = normalizer.normalize_numpy(self.obs)
+            view["obs"][t] = normalizer.update_and_normalize(self.obs)
             if self.recurrent:
                 buf.starts[t] = torch.from_numpy(self.next_starts)
                 outputs, self.actor_state = actor.net.step(buf.obs[t], self.actor_state * (1 - buf.starts[t, :, None]))

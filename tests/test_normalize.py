@@ -130,3 +130,17 @@ def test_numpy_normalization_matches_torch_forward():
     expected = normalizer(torch.from_numpy(obs)).numpy()
     assert np.abs(expected).max() == pytest.approx(1.5)
     assert np.allclose(normalizer.normalize_numpy(obs), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 3])  # one row takes a path of its own
+def test_update_and_normalize_is_update_then_normalize_bit_for_bit(dtype, rows):
+    fused, apart = ObservationNormalizer((4,), clip=3.0), ObservationNormalizer((4,), clip=3.0)
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        obs = (rng.standard_cauchy((rows, 4)) * [1.0, 1e-3, 1e3, 10.0]).astype(dtype)
+        out = fused.update_and_normalize(obs)
+        apart.update(obs)
+        assert out.dtype == np.float32 and out.tobytes() == apart.normalize_numpy(obs).tobytes()
+    for name in ("mean", "var", "count"):
+        assert getattr(fused.stats, name).numpy().tobytes() == getattr(apart.stats, name).numpy().tobytes()
