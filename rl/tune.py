@@ -8,9 +8,11 @@ Tune's own keys: study (its name, required), trials (finished trials the study e
 jobs (trials at once on this machine, default 1, at most the cores), storage (an Optuna storage URL; default
 an SQLite file in the study's folder), pruner (median, halving or none; default median), last (the
 objective is the mean of a trial's last `last` evaluations, default 3), confirm_seeds (held-out seeds the
-best configs are run again on, e.g. [101,102,103]; default none), confirm_top (how many, default 3),
+best configs are run again on, e.g. [101,102,103], `jobs` runs at once; default none), confirm_top (how many, default 3),
 studies_dir (default runs/studies), space (the search space file; default configs/search/<algo>.yaml).
-Every other key=value is an rl.train override for every trial.
+Every other key=value is an rl.train override for every trial. Run again on a finished study, rl.tune starts no
+trial and confirms with this call's overrides: `total_timesteps=1000000 confirm_seeds=[...]` confirms a search
+made at a cheaper budget at the full one.
 
 Each trial is a real `python -m rl.train` run in <studies_dir>/<study>/trial_<number>/ with the composed
 config plus the trial's values and a seed the study draws for it (recorded as the trial's user attribute).
@@ -33,6 +35,7 @@ import signal
 import sys
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -289,15 +292,18 @@ def confirm(study_dir, study, options, overrides):
 
     complete = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
                       key=lambda t: t.value, reverse=True)[:options["confirm_top"]]
-    rows = []
-    for trial in complete:
-        finals = []
-        for seed in options["confirm_seeds"]:
-            run_dir = study_dir / "confirm" / f"trial_{trial.number}_seed{seed}"
-            if not (run_dir / "summary.json").exists():
-                results.train(run_dir, *trial_overrides(overrides, trial.params, seed), cwd=REPO)
-            finals.append(results.summary(run_dir)["eval_return_mean"])
-        rows.append((sum(finals) / len(finals), trial, finals))
+
+    def final_return(trial, seed):
+        run_dir = study_dir / "confirm" / f"trial_{trial.number}_seed{seed}"
+        if not (run_dir / "summary.json").exists():
+            results.train(run_dir, *trial_overrides(overrides, trial.params, seed), cwd=REPO)
+        return results.summary(run_dir)["eval_return_mean"]
+
+    # `jobs` runs at once, as the search did: each is its own rl.train process, the threads only wait on them.
+    with ThreadPoolExecutor(max_workers=options["jobs"]) as pool:
+        futures = [[pool.submit(final_return, trial, seed) for seed in options["confirm_seeds"]] for trial in complete]
+        finals_of = [[future.result() for future in row] for row in futures]
+    rows = [(sum(finals) / len(finals), trial, finals) for trial, finals in zip(complete, finals_of)]
     rows.sort(key=lambda row: row[0], reverse=True)
     with open(study_dir / "confirm.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -151,3 +151,32 @@ def test_two_tuners_share_one_sqlite_study(tmp_path):
     # Each tuner stops once 4 are finished; a trial the other had already started still finishes.
     assert 4 <= states.count("COMPLETE") + states.count("PRUNED") <= 5 and "FAIL" not in states, states
     assert len(list((tmp_path / "shared").glob("trial_*"))) == len(states)
+
+
+def test_a_finished_study_confirms_its_best_on_held_out_seeds_at_the_budget_of_the_call(tmp_path):
+    search = [a for a in TRIAL if not a.startswith("total_timesteps=")]
+    results.run([sys.executable, "-m", "rl.tune", *search, "total_timesteps=2048", "study=c", "trials=2",
+                 "pruner=none", f"studies_dir={tmp_path}"], cwd=REPO, timeout=1200, check=True)
+    study_dir = tmp_path / "c"
+    objectives = {int(r["number"]): float(r["objective"]) for r in finished(study_dir)}
+    done = results.run([sys.executable, "-m", "rl.tune", *search, "total_timesteps=4096", "study=c", "trials=2",
+                        "confirm_seeds=[101,102]", "confirm_top=2", "jobs=2", f"studies_dir={tmp_path}"],
+                       cwd=REPO, timeout=1200, check=True)
+    assert trial_states(study_dir) == ["COMPLETE", "COMPLETE"]  # no trial started by the second call
+    with open(study_dir / "confirm.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["trial"]) for r in rows) == sorted(objectives)
+    means = []
+    for row in rows:
+        finals = []
+        for seed in (101, 102):
+            summary = results.summary(study_dir / "confirm" / f"trial_{row['trial']}_seed{seed}")
+            assert summary["seed"] == seed and summary["total_timesteps"] == 4096  # this call's budget
+            finals.append(summary["eval_return_mean"])
+            assert float(row[str(seed)]) == pytest.approx(summary["eval_return_mean"], rel=1e-5)
+        assert float(row["confirm_mean"]) == pytest.approx(sum(finals) / 2, rel=1e-5)
+        means.append((sum(finals) / 2, int(row["trial"])))
+    best_text = (study_dir / "best.yaml").read_text()
+    named = int(best_text.split(", trial ")[1].split(",")[0])
+    assert dict((t, m) for m, t in means)[named] == max(means)[0] and "held-out seeds [101, 102]" in best_text
+    assert "total_timesteps=4096" in best_text and "study c: 2 trials" in done.stdout
