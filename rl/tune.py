@@ -6,7 +6,8 @@
 
 Tune's own keys: study (its name, required), trials (finished trials the study ends with, default 20),
 jobs (trials at once on this machine, default 1, at most the cores), storage (an Optuna storage URL; default
-an SQLite file in the study's folder), pruner (median, halving or none; default median), last (the
+an SQLite file in the study's folder), pruner (median, halving or none; default median), prune_after (the
+share of a trial's steps before the pruner may stop it, default 0.3: early curves rank configs by noise), last (the
 objective is the mean of a trial's last `last` evaluations, default 3), confirm_seeds (held-out seeds the
 best configs are run again on, e.g. [101,102,103], `jobs` runs at once; default none), confirm_top (how many, default 3),
 studies_dir (default runs/studies), space (the search space file; default configs/search/<algo>.yaml).
@@ -51,6 +52,8 @@ OPTIONS = {  # key -> (default, check, what it must be)
     "jobs": (1, lambda v: _integer(v) and 1 <= v <= (os.cpu_count() or 1), f"1 to {os.cpu_count()} (the cores)"),
     "storage": (None, lambda v: v is None or isinstance(v, str), "an Optuna storage URL"),
     "pruner": ("median", lambda v: v in ("median", "halving", "none"), "median, halving or none"),
+    "prune_after": (0.3, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                    "a share of the trial's steps, from 0 to below 1"),
     "last": (3, lambda v: _integer(v) and v >= 1, "a positive integer"),
     "confirm_seeds": ([], lambda v: isinstance(v, list) and all(_integer(s) and s >= 0 for s in v),
                       "a list of seeds, e.g. [101,102,103]"),
@@ -60,6 +63,7 @@ OPTIONS = {  # key -> (default, check, what it must be)
 }
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "categorical")
 EVAL_LINE = re.compile(r"^eval return (-?[\d.]+) \+/- [\d.]+ at step (\d+)$")
+BUDGET_LINE = re.compile(r"\b\d+ iterations = (\d+) steps\b")  # the start banner's budget
 HEARTBEAT_SECONDS, GRACE_SECONDS = 5, 20  # a trial whose tuner is gone this long is failed and tried again
 
 
@@ -163,16 +167,18 @@ def _die_with_parent():
 
 
 def run_trial(run_dir, argv, report):
-    """Run one rl.train to its end, calling report(value, step) at each evaluation it prints; when that returns
-    True, stop it (SIGINT) and return None. Otherwise returns (return code, stderr's end)."""
+    """Run one rl.train to its end, calling report(value, step, total steps) at each evaluation it prints; when
+    that returns True, stop it (SIGINT) and return None. Otherwise returns (return code, stderr's end)."""
     process = results.start(results.train_command(run_dir, *argv), cwd=REPO, preexec_fn=_die_with_parent)
     errors = []
     drain = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
     drain.start()
-    pruned = False
+    pruned, total = False, None
     for line in process.stdout:
+        budget = BUDGET_LINE.search(line) if total is None else None
+        total = int(budget.group(1)) if budget else total
         match = EVAL_LINE.match(line.strip())
-        if match and not pruned and report(float(match.group(1)), int(match.group(2))):
+        if match and not pruned and report(float(match.group(1)), int(match.group(2)), total):
             pruned = True
             process.send_signal(signal.SIGINT)
     process.wait()
@@ -186,6 +192,12 @@ def objective_of(run_dir, last):
     if not evaluations:
         raise TuneError(f"{run_dir}: the trial logged no evaluation (eval_episodes=0?)")
     return sum(evaluations[-last:]) / len(evaluations[-last:])
+
+
+def past_warm_up(step, total, share):
+    """Whether a trial at `step` of `total` may be pruned: not in its first `share` of steps (the RL Zoo waits a
+    third of the evaluations), where every config's return is still near its initial policy's."""
+    return total is None or step >= share * total
 
 
 def make_pruner(name):
@@ -337,10 +349,10 @@ def tune(options, overrides):
 
         reported = []
 
-        def report(value, step):
+        def report(value, step, total):
             reported.append(step)
             trial.report(value, step)
-            return trial.should_prune()
+            return past_warm_up(step, total, options["prune_after"]) and trial.should_prune()
 
         ended = run_trial(run_dir, trial_overrides(overrides, values, seed), report)
         if ended is None:

@@ -79,19 +79,30 @@ def test_options_and_train_overrides_are_told_apart():
 def test_a_trial_the_pruner_stops_ends_early_with_a_checkpoint(tmp_path):
     reports = []
 
-    def report(value, step):
-        reports.append((value, step))
+    def report(value, step, total):
+        reports.append((value, step, total))
         return step >= 1024  # "worse than the median" at its second evaluation
 
     run_dir = tmp_path / "pruned"
     ended = tune.run_trial(run_dir, [*TRIAL[:2], "total_timesteps=20480", "eval_every=2", "eval_episodes=2"], report)
-    assert ended is None and [step for _, step in reports] == [512, 1024]
+    assert ended is None and [step for _, step, _ in reports] == [512, 1024]
+    assert {total for _, _, total in reports} == {20480}  # read from the run's start banner
     state = results.scalars(run_dir)["eval/return"]
     assert [step for step, _ in state] == [512, 1024]  # the values reported are the run's own evaluations
-    assert [value for value, _ in reports] == pytest.approx([value for _, value in state], abs=0.05)
+    assert [value for value, _, _ in reports] == pytest.approx([value for _, value in state], abs=0.05)
     saved_step = int((run_dir / "checkpoints" / "latest").read_text().strip()[len("step_"):-len(".pt")])
     assert 1024 <= saved_step < 20480  # stopped at the iteration after the report, with a checkpoint
     assert not (run_dir / "summary.json").exists()  # stopped, not finished: resumable
+
+
+def test_no_trial_is_pruned_in_the_warm_up_share_of_its_steps():
+    # 100,000 steps, prune_after=0.3: the evaluations at 20k and 29,999 steps are not judged, 30k on are.
+    assert [tune.past_warm_up(step, 100000, 0.3) for step in (20000, 29999, 30000, 90000)] == [False, False, True, True]
+    assert tune.past_warm_up(512, 2048, 0.0)  # prune_after=0: judged from the first evaluation
+    options, _ = tune.parse_arguments(["study=s", "prune_after=0.5"])
+    assert options["prune_after"] == 0.5 and tune.parse_arguments(["study=s"])[0]["prune_after"] == 0.3
+    with pytest.raises(tune.TuneError, match="prune_after"):
+        tune.parse_arguments(["study=s", "prune_after=1.0"])
 
 
 def finished(study_dir):
