@@ -252,12 +252,17 @@ def nested(values):
     return tree
 
 
-def write_best(study_dir, algo, env_name, trial, overrides, how):
-    """best.yaml in the form of configs/tuned/<algo>_<env>.yaml: the trial's values, and how to reproduce it."""
+def write_best(study_dir, algo, env_name, trial, overrides, how, confirm_seeds):
+    """best.yaml in the form of configs/tuned/<algo>_<env>.yaml: the trial's values, and how to reproduce the trial
+    (with the overrides it ran with) and its confirmation runs (with this call's)."""
     seed = trial.user_attrs["seed"]
+    ran_with = trial.user_attrs.get("overrides", overrides)  # studies before the attribute: this call's
     header = (f"# @package _global_\n# {algo} on {env_name}: tuned by python -m rl.tune ({how}), trial "
               f"{trial.number}, objective {trial.value:.6g}, seed {seed}.\n# Copy to configs/tuned/{algo}_{env_name}"
-              f".yaml. The trial again: python -m rl.train {' '.join(trial_overrides(overrides, trial.params, seed))}\n")
+              f".yaml. The trial again: python -m rl.train {' '.join(trial_overrides(ran_with, trial.params, seed))}\n")
+    if confirm_seeds:
+        header += (f"# Its confirmation, on each of seeds {confirm_seeds}: python -m rl.train "
+                   f"{' '.join(trial_overrides(overrides, trial.params, '<seed>'))}\n")
     (study_dir / "best.yaml").write_text(header + yaml.safe_dump(nested(trial.params), sort_keys=False))
 
 
@@ -344,6 +349,7 @@ def tune(options, overrides):
     def objective(trial):
         seed = trial_seed(options["study"], trial.number)
         trial.set_user_attr("seed", seed)
+        trial.set_user_attr("overrides", overrides)  # a later call may confirm at other ones
         values = suggest(trial, space)
         run_dir = study_dir / f"trial_{trial.number}"
 
@@ -381,7 +387,7 @@ def tune(options, overrides):
     if options["confirm_seeds"]:
         ranked = confirm(study_dir, study, options, overrides)
         best, how = ranked[0][1], f"best mean on held-out seeds {options['confirm_seeds']}"
-    write_best(study_dir, algo, env_name, best, overrides, how)
+    write_best(study_dir, algo, env_name, best, overrides, how, options["confirm_seeds"])
     plots = write_plots(study_dir, study)
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in finished)
     print(f"study {options['study']}: {len(finished)} trials ({len(complete)} complete, {pruned} pruned); best trial "

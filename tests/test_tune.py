@@ -190,4 +190,6 @@ def test_a_finished_study_confirms_its_best_on_held_out_seeds_at_the_budget_of_t
     best_text = (study_dir / "best.yaml").read_text()
     named = int(best_text.split(", trial ")[1].split(",")[0])
     assert dict((t, m) for m, t in means)[named] == max(means)[0] and "held-out seeds [101, 102]" in best_text
-    assert "total_timesteps=4096" in best_text and "study c: 2 trials" in done.stdout
+    trial_again, confirmation = [line for line in best_text.splitlines() if "python -m rl.train" in line]
+    assert "total_timesteps=2048" in trial_again and "total_timesteps=4096" not in trial_again  # as it ran
+    assert "total_timesteps=4096" in confirmation and "study c: 2 trials" in done.stdout
