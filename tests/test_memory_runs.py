@@ -1,5 +1,5 @@
 """Policies with memory in rollouts and runs: the collector's log-probs against a step-by-step re-run of the
-policy from a zero state at each episode start, across rollouts; reproducible and exactly resumed runs
+policy from a zero state at each episode start, across rollouts; reproducible, async-equals-sync and exactly resumed runs
 (the cores' live states in the checkpoint); rl.load().act() with its state replaying the final evaluation;
 the refusals. (The cores and the FVP through time: test_memory.py.)"""
 
@@ -76,6 +76,7 @@ class TestRuns:
         for name, overrides in JOBS.items():
             jobs[name] = (root / name, RECURRENT + overrides)
             jobs[f"{name}_again"] = (root / f"{name}_again", RECURRENT + overrides)
+            jobs[f"{name}_async"] = (root / f"{name}_async", RECURRENT + overrides + ["env.vectorization=async"])
             jobs[f"{name}_stopped"] = (root / f"{name}_stopped", RECURRENT + overrides + ["stop_after_steps=1024"])
         for name, (rc, _, err) in run_all(jobs).items():
             assert rc == 0, (name, err[-2000:])
@@ -85,8 +86,9 @@ class TestRuns:
         return {name: run_dir for name, (run_dir, _) in jobs.items()}
 
     @pytest.mark.parametrize("name", list(JOBS))
-    def test_same_seed_same_bits_and_resume_equals_uninterrupted(self, runs, name):
+    def test_same_seed_same_bits_async_equals_sync_and_resume_equals_uninterrupted(self, runs, name):
         assert_same_run(runs[name], runs[f"{name}_again"])
+        assert_same_run(runs[name], runs[f"{name}_async"])  # the cores' states are the learner's, not the workers'
         assert_same_run(runs[name], runs[f"{name}_stopped"])  # the cores' states came back from the checkpoint
 
     @pytest.mark.parametrize("name", list(JOBS))
