@@ -237,3 +237,37 @@ def test_masked_categoricals_are_the_categoricals_on_the_valid_actions(dtype):
                               atol=tolerance, rtol=0)
     for value in (D.categorical_entropy(logits), D.categorical_kl(old_logits, logits)):
         assert torch.isfinite(value).all()
+
+
+def test_masked_multi_categoricals_are_the_categoricals_on_each_blocks_valid_actions():
+    # The reference: per action dimension, torch's Categorical on that block's valid logits alone.
+    g, sizes, B = generator(8), (3, 4, 2), 30
+    K = sum(sizes)
+    raw, old_raw = randn(B, K, g=g, scale=3.0), randn(B, K, g=g, scale=3.0)
+    mask = (torch.rand(B, K, generator=g) < 0.5).double()
+    start = 0
+    for size in sizes:  # at least one valid action per block
+        mask[torch.arange(B), start + torch.randint(size, (B,), generator=g)] = 1.0
+        start += size
+    logits, old_logits = D.masked_logits(raw, mask), D.masked_logits(old_raw, mask)
+    draws = D.multi_categorical_sample(logits.repeat(300, 1), sizes)
+    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
+    assert mask.repeat(300, 1).gather(1, draws + offsets).min() == 1.0  # 9,000 draws: never a masked action
+    assert mask.gather(1, D.multi_categorical_mode(logits, sizes) + offsets).min() == 1.0
+    for i in range(B):
+        blocks = []
+        for size, offset in zip(sizes, offsets.tolist()):
+            valid = mask[i, offset:offset + size] > 0.5
+            blocks.append((torch.arange(size)[valid], Categorical(logits=raw[i, offset:offset + size][valid]),
+                           Categorical(logits=old_raw[i, offset:offset + size][valid])))
+        # every combination of valid actions: the log-probability is the sum of each block's
+        for combo in torch.cartesian_prod(*[torch.arange(len(actions)) for actions, _, _ in blocks]):
+            action = torch.stack([actions[j] for (actions, _, _), j in zip(blocks, combo)])
+            expected = sum(new.log_prob(j) for (_, new, _), j in zip(blocks, combo))
+            got = D.multi_categorical_log_prob(logits[i:i + 1], action[None], sizes)[0]
+            assert torch.allclose(got, expected, atol=1e-12, rtol=0)
+        entropy = sum(new.entropy() for _, new, _ in blocks)
+        kl = sum(kl_divergence(old, new) for _, new, old in blocks)
+        assert torch.allclose(D.multi_categorical_entropy(logits[i:i + 1], sizes)[0], entropy, atol=1e-12, rtol=0)
+        assert torch.allclose(D.multi_categorical_kl(old_logits[i:i + 1], logits[i:i + 1], sizes)[0], kl,
+                              atol=1e-12, rtol=0)

@@ -19,10 +19,10 @@ ACTION_SPACES = {"gaussian": gym.spaces.Box(-1.0, 1.0, (3,)), "categorical": gym
 KINDS = list(ACTION_SPACES)
 
 
-def tiny_actor(kind, seed=0):
+def tiny_actor(kind, seed=0, activation="tanh"):
     torch.manual_seed(seed)
     agent = Agent(OBS_SPACE, ACTION_SPACES[kind], actor_hidden_sizes=(12, 10), critic_hidden_sizes=(4,),
-                  init_log_std=-0.4).double()
+                  init_log_std=-0.4, activation=activation).double()
     with torch.no_grad():  # move away from the init so the output layer is not near zero
         for p in agent.actor.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -36,10 +36,10 @@ def distribution(kind, outputs):
     return Categorical(logits=outputs[0])
 
 
-def reference_kl(kind, old_outputs, outputs):
+def reference_kl(kind, old_outputs, outputs, action_space=None):
     """KL(old || new) per sample, (B,), from torch.distributions alone."""
     if kind == "multi_categorical":  # independent dimensions: the sum of one categorical's KL per block
-        sizes = list(ACTION_SPACES[kind].nvec)
+        sizes = [int(n) for n in (action_space or ACTION_SPACES[kind]).nvec]
         return sum(kl_divergence(Categorical(logits=old), Categorical(logits=new)) for old, new in
                    zip(torch.split(old_outputs[0], sizes, -1), torch.split(outputs[0], sizes, -1)))
     if kind == "bernoulli":
@@ -66,9 +66,12 @@ def dense_kl_hessian(actor, kind, obs):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("method", ["analytic", "hessian"])
-def test_fvp_matches_dense_kl_hessian(kind, method):
-    actor = tiny_actor(kind)
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_fvp_matches_dense_kl_hessian(kind, method, activation):
+    actor = tiny_actor(kind, activation=activation)
+    assert _is_plain_mlp_actor(actor)  # "analytic" takes the cached-Jacobian MLP path, not the generic one
     assert 100 <= sum(p.numel() for p in actor.parameters()) <= 400
+    # Standard normal inputs put no ReLU pre-activation at exactly 0, where its derivative is undefined.
     obs = torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     hessian = dense_kl_hessian(actor, kind, obs)
     product = FISHER_VECTOR_PRODUCTS[method](actor, obs)
@@ -111,16 +114,21 @@ def test_generic_path_for_other_actors_matches_dense_hessian(kind):
     assert torch.allclose(FISHER_VECTOR_PRODUCTS["analytic"](actor, obs)(v), hessian @ v, rtol=1e-9, atol=1e-11)
 
 
-# Policies on encoded observations (rl.observations, rl.networks.Encoder): a CNN on a channels-last image, a
-# Dict of image, vector and one-hot keys, and masked categoricals. They take the torch.func path; each FVP is
+# Policies on encoded observations (rl.observations, rl.networks.Encoder): a CNN on a channels-last image, Dicts
+# of image, vector and one-hot keys, and masked categoricals, with every kind of head. Each FVP is
 # checked against the dense Hessian of torch.distributions' KL, on the masked distributions computed without
 # our masking (each sample's categorical restricted to its valid actions).
 SMALL_CNN = {"channels": (3,), "kernels": (3,), "strides": (1,), "features": 6}
 ENCODED = {
     "cnn": (gym.spaces.Box(0, 255, (6, 5, 2), np.uint8), gym.spaces.Discrete(3)),
+    "cnn_multi_categorical": (gym.spaces.Box(0, 255, (6, 5, 2), np.uint8), gym.spaces.MultiDiscrete([3, 2])),
     "dict": (gym.spaces.Dict({"grid": gym.spaces.Box(0, 255, (2, 5, 5), np.uint8),
                               "position": gym.spaces.Box(-1.0, 1.0, (2,)), "direction": gym.spaces.Discrete(3)}),
              gym.spaces.Box(-1.0, 1.0, (2,))),
+    "dict_categorical": (gym.spaces.Dict({"grid": gym.spaces.Box(0, 255, (2, 5, 5), np.uint8),
+                                          "position": gym.spaces.Box(-1.0, 1.0, (2,))}), gym.spaces.Discrete(4)),
+    "dict_bernoulli": (gym.spaces.Dict({"position": gym.spaces.Box(-1.0, 1.0, (3,)),
+                                        "direction": gym.spaces.Discrete(3)}), gym.spaces.MultiBinary(3)),
     "masked_categorical": (gym.spaces.Dict({"x": gym.spaces.Box(-1.0, 1.0, (4,)),
                                             "action_mask": gym.spaces.MultiBinary(5)}), gym.spaces.Discrete(5)),
     "masked_multi_categorical": (gym.spaces.Dict({"x": gym.spaces.Box(-1.0, 1.0, (4,)),
@@ -177,6 +185,10 @@ def masked_reference_kl(agent, old_logits, logits, obs):
     return torch.stack(total)
 
 
+def head_kind(action_space):
+    return next(kind for kind, space in ACTION_SPACES.items() if type(space) is type(action_space))
+
+
 def encoded_dense_hessian(agent, name, obs):
     actor = agent.actor
     names = [n for n, _ in actor.named_parameters()]
@@ -192,8 +204,9 @@ def encoded_dense_hessian(agent, name, obs):
             net_tensors = {n[len("net."):]: t for n, t in tensors.items()}
             return masked_reference_kl(agent, old[0] if isinstance(old, tuple) else old,
                                        functional_call(actor.net, net_tensors, (obs,)), obs).mean()
-        kind = "gaussian" if name == "dict" else "categorical"
-        return reference_kl(kind, old, functional_call(actor, tensors, (obs,))).mean()
+        action_space = ENCODED[name][1]
+        return reference_kl(head_kind(action_space), old, functional_call(actor, tensors, (obs,)),
+                            action_space).mean()
 
     return torch.autograd.functional.hessian(mean_kl, flat, vectorize=not masked)
 
@@ -210,7 +223,9 @@ def encoded_case(name):
 @pytest.mark.parametrize("method", ["analytic", "hessian"])
 def test_fvp_of_encoded_and_masked_policies_matches_dense_kl_hessian(name, method):
     agent, obs, hessian = encoded_case(name)
-    assert not _is_plain_mlp_actor(agent.actor)  # the generic torch.func path
+    # A Dict of vectors and one-hot keys alone is packed into one flat vector: an MLP, the analytic path's fast
+    # one. Every other case takes the generic torch.func path.
+    assert _is_plain_mlp_actor(agent.actor) == (name == "dict_bernoulli")
     assert hessian.abs().max() > 1e-3  # a real curvature, not a vanishing one
     product = FISHER_VECTOR_PRODUCTS[method](agent.actor, obs)
     vectors = torch.randn(3, hessian.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(2))

@@ -7,14 +7,14 @@ import functools
 import gymnasium as gym
 import pytest
 import torch
-from torch.distributions import Categorical, Normal, kl_divergence
+from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
 from torch.func import functional_call
 from torch.nn.utils import parameters_to_vector
 
 from rl.fisher import FISHER_VECTOR_PRODUCTS
 from rl.memory import GRUCore, LSTMCore, RecurrentNet, unroll
 from rl.observations import ObservationLayout
-from rl.policy import CategoricalActor, GaussianActor
+from rl.policy import BernoulliActor, CategoricalActor, GaussianActor, MultiCategoricalActor
 
 T, N, IN, H = 9, 3, 4, 5
 
@@ -80,6 +80,7 @@ def test_unrolling_equals_each_episode_rerun_from_a_zero_state(kind):
 
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (IN,))
+MULTI_SIZES = [3, 2]
 
 
 def recurrent_actor(kind, head, seed=0):
@@ -89,8 +90,11 @@ def recurrent_actor(kind, head, seed=0):
     def network(out_dim, out_gain):
         return RecurrentNet(layout, {}, kind, H, (6,), out_dim, "tanh", out_gain)
 
-    actor = GaussianActor(network, 2, init_log_std=-0.3) if head == "gaussian" else CategoricalActor(network, 3)
-    actor = actor.double()
+    heads = {"gaussian": lambda: GaussianActor(network, 2, init_log_std=-0.3),
+             "categorical": lambda: CategoricalActor(network, 3),
+             "multi_categorical": lambda: MultiCategoricalActor(network, MULTI_SIZES),
+             "bernoulli": lambda: BernoulliActor(network, 3)}
+    actor = heads[head]().double()
     with torch.no_grad():
         for p in actor.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -100,6 +104,11 @@ def recurrent_actor(kind, head, seed=0):
 def reference_kl(head, old, new):
     if head == "gaussian":
         return kl_divergence(Normal(old[0], old[1].exp()), Normal(new[0], new[1].exp())).sum(-1)
+    if head == "multi_categorical":  # independent blocks: the sum of one categorical's KL per block
+        return sum(kl_divergence(Categorical(logits=o), Categorical(logits=n)) for o, n in
+                   zip(torch.split(old[0], MULTI_SIZES, -1), torch.split(new[0], MULTI_SIZES, -1)))
+    if head == "bernoulli":
+        return kl_divergence(Bernoulli(logits=old[0]), Bernoulli(logits=new[0])).sum(-1)
     return kl_divergence(Categorical(logits=old[0]), Categorical(logits=new[0]))
 
 
@@ -125,7 +134,7 @@ def case(kind, head):
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
-@pytest.mark.parametrize("head", ["gaussian", "categorical"])
+@pytest.mark.parametrize("head", ["gaussian", "categorical", "multi_categorical", "bernoulli"])
 @pytest.mark.parametrize("method", ["analytic", "hessian"])
 def test_fvp_through_time_matches_the_dense_kl_hessian(kind, head, method):
     actor, obs, state, starts, hessian = case(kind, head)

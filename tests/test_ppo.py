@@ -1,5 +1,6 @@
 """PPO's clipped surrogate and value loss against their elementwise formulas, and one real update."""
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -150,3 +151,39 @@ def test_annealed_clip_range_is_the_clip_range_times_the_fraction_left():
         runs[name] = [p.detach().clone() for p in agent.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(runs["annealed"], runs["direct"]))
     assert not all(torch.equal(a, b) for a, b in zip(runs["annealed"], runs["unannealed"]))
+
+
+def test_update_equals_a_hand_written_ppo_loop():
+    """Two epochs of two minibatches, replayed with torch.distributions, torch.optim.Adam (one over all the
+    parameters) and torch.nn.utils.clip_grad_norm_: per-minibatch advantage normalization, the clipped value
+    loss, the entropy and value coefficients and the global gradient clip, each as the PPO paper and
+    openai/baselines' ppo2 define them."""
+    agent, batch = small_problem(seed=2)
+    agent, batch = agent.double(), Batch(**{k: (v.double() if v.is_floating_point() else v) for k, v in
+                                            vars(batch).items() if isinstance(v, torch.Tensor)})
+    cfg = ppo_config(update_epochs=2, num_minibatches=2, max_grad_norm=0.05)  # a clip that binds
+    reference = copy.deepcopy(agent)
+    ppo.update(agent, ppo.make_optimizers(agent, cfg), batch, cfg, torch.Generator().manual_seed(3))
+
+    params = list(reference.actor.parameters()) + list(reference.critic.parameters())
+    adam = torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5)
+    generator, size, clipped_norms = torch.Generator().manual_seed(3), len(batch.obs) // 2, []
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(len(batch.obs), generator=generator)  # one env: a plain shuffle of the batch
+        for rows in (order[:size], order[size:]):
+            dist = Categorical(logits=reference.actor(batch.obs[rows])[0])
+            adv = batch.advantages[rows]
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            ratio = (dist.log_prob(batch.actions[rows]) - batch.log_probs[rows]).exp()
+            surrogate = torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv).mean()
+            values, old, target = reference.critic(batch.obs[rows]), batch.values[rows], batch.returns[rows]
+            clipped = old + (values - old).clamp(-cfg.clip_coef, cfg.clip_coef)
+            v_loss = 0.5 * torch.max((values - target) ** 2, (clipped - target) ** 2).mean()
+            loss = -surrogate - cfg.entropy_coef * dist.entropy().mean() + cfg.value_coef * v_loss
+            adam.zero_grad()
+            loss.backward()
+            clipped_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
+            adam.step()
+    assert min(clipped_norms) > cfg.max_grad_norm  # every step was clipped: the clip is checked too
+    for ours, expected in zip(agent.parameters(), reference.parameters()):
+        assert torch.allclose(ours, expected, rtol=1e-9, atol=1e-12), (ours - expected).abs().max()

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch.distributions import kl_divergence
+from torch.distributions import Bernoulli, Categorical, Independent, Normal, kl_divergence
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from rl import results
 from rl.algos import trpo
 from rl.fisher import FISHER_VECTOR_PRODUCTS
 from rl.rollout import Batch
-from tests.test_fvp import dense_kl_hessian, distribution, tiny_actor
+from tests.test_fvp import ACTION_SPACES, KINDS, dense_kl_hessian, tiny_actor
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "algo"
 
@@ -23,6 +23,37 @@ def trpo_config(**overrides):
     return cfg
 
 
+class IndependentCategoricals:
+    """A MultiDiscrete action's distribution from torch.distributions: one Categorical per block."""
+
+    def __init__(self, logits, sizes):
+        self.parts = [Categorical(logits=block) for block in torch.split(logits, sizes, -1)]
+
+    def sample(self):
+        return torch.stack([part.sample() for part in self.parts], -1)
+
+    def log_prob(self, actions):
+        return sum(part.log_prob(actions[..., d]) for d, part in enumerate(self.parts))
+
+
+def distribution(kind, outputs):
+    """The policy's distribution per sample, log_prob (B,), from torch.distributions alone."""
+    if kind == "gaussian":
+        mean, log_std = outputs
+        return Independent(Normal(mean, log_std.exp().expand_as(mean)), 1)
+    if kind == "categorical":
+        return Categorical(logits=outputs[0])
+    if kind == "bernoulli":
+        return Independent(Bernoulli(logits=outputs[0]), 1)
+    return IndependentCategoricals(outputs[0], [int(n) for n in ACTION_SPACES[kind].nvec])
+
+
+def kl_between(old, new):
+    if isinstance(old, IndependentCategoricals):
+        return sum(kl_divergence(o, n) for o, n in zip(old.parts, new.parts))
+    return kl_divergence(old, new)
+
+
 def make_batch(actor, kind, size=64, seed=1):
     generator = torch.Generator().manual_seed(seed)
     obs = torch.randn(size, 5, dtype=torch.float64, generator=generator)
@@ -31,7 +62,7 @@ def make_batch(actor, kind, size=64, seed=1):
         torch.manual_seed(seed)
         actions = dist.sample()
         log_probs = dist.log_prob(actions)
-        log_probs = log_probs.sum(-1) if kind == "gaussian" else log_probs
+        actions = actions.long() if kind == "bernoulli" else actions  # 0/1 integers, as rl samples them
     advantages = torch.randn(size, dtype=torch.float64, generator=generator)
     zeros = torch.zeros(size, dtype=torch.float64)
     return Batch(obs, actions, log_probs, zeros, advantages, zeros)
@@ -39,22 +70,22 @@ def make_batch(actor, kind, size=64, seed=1):
 
 def reference_surrogate(actor, kind, batch, advantages):
     """mean(pi/pi_old * A) with torch.distributions log-probabilities."""
-    log_probs = distribution(kind, actor(batch.obs)).log_prob(batch.actions)
-    log_probs = log_probs.sum(-1) if kind == "gaussian" else log_probs
+    actions = batch.actions.double() if kind == "bernoulli" else batch.actions  # torch's Bernoulli takes floats
+    log_probs = distribution(kind, actor(batch.obs)).log_prob(actions)
     return (torch.exp(log_probs - batch.log_probs) * advantages).mean()
 
 
 def reference_kl(actor, kind, obs, old_dist):
     with torch.no_grad():
-        kl = kl_divergence(old_dist, distribution(kind, actor(obs)))
-    return float((kl.sum(-1) if kind == "gaussian" else kl).mean())
+        kl = kl_between(old_dist, distribution(kind, actor(obs)))
+    return float(kl.mean())
 
 
 def gradient_of(actor, scalar):
     return parameters_to_vector(torch.autograd.grad(scalar, list(actor.parameters())))
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_direction_matches_dense_solve_and_full_step_reaches_max_kl(kind):
     actor = tiny_actor(kind)
     batch = make_batch(actor, kind)
@@ -97,7 +128,7 @@ def test_relative_cg_residual_is_the_dense_residual_over_the_gradient_norm():
     assert metrics["trpo/cg_relative_residual"] == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_accepted_step_keeps_kl_below_max_and_improves(kind):
     actor = tiny_actor(kind, seed=2)
     batch = make_batch(actor, kind, size=256, seed=3)
@@ -116,7 +147,7 @@ def test_accepted_step_keeps_kl_below_max_and_improves(kind):
     assert improvement > 0
     assert metrics["trpo/surrogate_improvement"] == pytest.approx(improvement, rel=1e-9)
     if kind == "gaussian":  # the std's own share of the KL, by torch.distributions, and no more than all of it
-        old_std, new_std = old_dist.stddev[0], actor(batch.obs)[1][0].exp().detach()
+        old_std, new_std = old_dist.base_dist.scale[0], actor(batch.obs)[1][0].exp().detach()
         expected = kl_divergence(torch.distributions.Normal(torch.zeros_like(old_std), old_std),
                                  torch.distributions.Normal(torch.zeros_like(new_std), new_std)).sum()
         assert metrics["trpo/kl_from_std"] == pytest.approx(float(expected), rel=1e-9, abs=1e-15)
@@ -145,7 +176,7 @@ def _line_search_setup(kind, seed):
     return actor, cfg, gradient, step, old_flat, evaluate
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_line_search_shrinks_a_step_that_violates_the_constraint(kind):
     actor, cfg, gradient, step, old_flat, evaluate = _line_search_setup(kind, seed=4)
     full_step = 4.0 * step  # about 16x the KL budget in the quadratic model
@@ -164,7 +195,7 @@ def test_line_search_shrinks_a_step_that_violates_the_constraint(kind):
     assert float(kl_before) > cfg.max_kl or float(improvement_before) < max(expected_before, 0.0)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_no_improving_step_keeps_theta_old_bit_exact(kind):
     actor, cfg, gradient, step, old_flat, evaluate = _line_search_setup(kind, seed=6)
     before = [p.detach().clone() for p in actor.parameters()]

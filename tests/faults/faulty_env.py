@@ -6,7 +6,9 @@ Keyword arguments (`+env.kwargs.<name>=...`):
 - fault_after: it breaks at this step of its life (counted over episodes);
 - marker: it breaks only while this file exists, so a test can mend the env and resume;
 - continuous: a Box action space instead of Discrete(2);
-- close_marker: once broken, close() creates this file, then takes 5 s (a slow clean-up a signal can land in);
+- hang_marker: with fault=hang, the step creates this file as it starts to hang (a test waits for it);
+- close_marker: once broken, close() creates this file, then waits until `<close_marker>.release` exists (a
+  slow clean-up a signal can land in; the test releases it after signalling; bounded by an hour);
 - constant_return: every episode is one step that ends (terminated) with reward 1, so every critic target is
   1 up to rounding: the explained variance of a solved task, undefined or nearly so.
 Otherwise it is a dull task: 4-d random observations, reward = 1 per step, episodes of 50 steps.
@@ -23,11 +25,11 @@ class Faulty(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, fault="none", fault_seed=None, fault_after=0, marker=None, continuous=False, close_marker=None,
-                 constant_return=False):
+                 constant_return=False, hang_marker=None):
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if continuous else gym.spaces.Discrete(2)
         self.fault, self.fault_seed, self.fault_after, self.marker = fault, fault_seed, fault_after, marker
-        self.close_marker = close_marker
+        self.close_marker, self.hang_marker = close_marker, hang_marker
         self.constant_return = constant_return
         self.first_seed = None
         self.steps = 0
@@ -58,6 +60,8 @@ class Faulty(gym.Env):
             if self.fault == "exit":
                 os._exit(17)
             if self.fault == "hang":
+                if self.hang_marker is not None:
+                    open(self.hang_marker, "a").close()
                 time.sleep(3600)
         if self.constant_return:
             return obs, reward, True, False, {}
@@ -66,7 +70,9 @@ class Faulty(gym.Env):
     def close(self):
         if self.close_marker is not None and self._breaks_now():
             open(self.close_marker, "a").close()
-            time.sleep(5)
+            deadline = time.monotonic() + 3600
+            while not os.path.exists(f"{self.close_marker}.release") and time.monotonic() < deadline:
+                time.sleep(0.02)
 
 
 gym.register("Faulty-v0", entry_point=Faulty)

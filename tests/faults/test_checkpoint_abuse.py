@@ -144,7 +144,7 @@ CASES = {  # name: (tamper(run_dir), text the one error line must contain)
     "nan_weight_resealed": (tamper_nan_weight, "non-finite values in the checkpoint's agent"),
     "inf_adam_moment_resealed": (tamper_nan_adam_moment, "non-finite values in the checkpoint's optimizers"),
     "negative_normalizer_variance_resealed": (tamper_negative_variance, "negative obs_normalizer.stats.var"),
-    "step_not_a_whole_iteration": (tamper_inconsistent_step, "refused"),
+    "step_not_a_whole_iteration": (tamper_inconsistent_step, "iterations of"),
     "symlinked_checkpoints_folder": (tamper_symlinked_checkpoints, "is a symlink"),
 }
 

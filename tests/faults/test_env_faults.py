@@ -4,6 +4,7 @@ left behind, the last checkpoint intact, and a resume that works once the env is
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,7 +55,8 @@ def test_a_sigterm_during_the_clean_up_of_a_failed_run_does_not_swallow_its_line
         while not closing.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert closing.exists() and process.poll() is None, "the run ended before closing its envs"
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)  # pending before the release: it lands while close() still waits
+        Path(f"{closing}.release").touch()
         _, err = process.communicate(timeout=HANG)
     finally:
         if process.poll() is None:

@@ -4,6 +4,7 @@ devices."""
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -35,8 +36,7 @@ def test_training_on_cuda_runs_and_stays_finite(tmp_path, algo):
     run_train(tmp_path / algo, f"algo={algo}", "env=Hopper-v4", "device=cuda", "total_timesteps=8192",
               "eval_episodes=2", "algo.num_steps=1024", "env.num_envs=2")
     summary = json.loads((tmp_path / algo / "summary.json").read_text())
-    assert summary["total_timesteps"] == 8192 and summary["eval_return_mean"] == pytest.approx(
-        summary["eval_return_mean"])  # finite: NaN != NaN
+    assert summary["total_timesteps"] == 8192 and math.isfinite(summary["eval_return_mean"])
     assert all(torch.isfinite(t).all() for t in final_parameters(tmp_path / algo).values() if t.is_floating_point())
 
 

@@ -1,6 +1,7 @@
 """Real `python -m rl.train` processes for the tests (launched through rl.results), and what they wrote."""
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -39,8 +40,16 @@ def wait_for_checkpoint(process, run_dir, timeout=900):
     assert latest.exists() and process.poll() is None, "the run ended (or stalled) before its first checkpoint"
 
 
-def run_all(jobs, parallel=2):
-    """Run {name: (run_dir, overrides)} two at a time (the CI machine has 2 cores). Returns {name: (rc, out, err)}."""
+def concurrent_runs():
+    """Training processes one test may run at once: two (the CI machine has 2 cores) shared among pytest-xdist's
+    workers, so `-n 2` keeps two processes on the cores, not four."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, 2 // workers)
+
+
+def run_all(jobs, parallel=None):
+    """Run {name: (run_dir, overrides)}, `concurrent_runs()` at a time. Returns {name: (rc, out, err)}."""
+    parallel = parallel or concurrent_runs()
     done, pending, running = {}, list(jobs.items()), []
     while pending or running:
         while pending and len(running) < parallel:
