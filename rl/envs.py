@@ -44,12 +44,27 @@ def make_vector_env(env_id, num_envs, vectorization="sync", start_method=None, w
     vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP}
     if vectorization == "async":
         vector_kwargs["context"] = start_method
-    preprocess = atari_wrappers(training) if preprocessing == "atari" else []
-    preprocess += [load_wrapper(path) for path in env_wrappers]
+    preprocess = preprocessing_wrappers(preprocessing, env_wrappers, training)
     envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization, vector_kwargs=vector_kwargs,
                         wrappers=[*preprocess, Snapshot, SubEnv, *wrappers], **env_kwargs)
     envs.set_attr("sub_env_index", list(range(num_envs)))
     return envs
+
+
+def preprocessing_wrappers(preprocessing="none", env_wrappers=(), training=True):
+    """The wrappers a run puts on each sub-env, in order: its family's preprocessing, then `env.wrappers`."""
+    preprocess = atari_wrappers(training) if preprocessing == "atari" else []
+    return preprocess + [load_wrapper(path) for path in env_wrappers]
+
+
+def make_env(env_id, preprocessing="none", env_wrappers=(), training=False, **env_kwargs):
+    """One gymnasium env as a run's sub-envs are made (its preprocessing and `env.wrappers`); by default as
+    evaluation makes them (Atari: whole games, raw rewards)."""
+    register_namespace(env_id)
+    env = gym.make(env_id, **env_kwargs)
+    for wrap in preprocessing_wrappers(preprocessing, env_wrappers, training):
+        env = wrap(env)
+    return env
 
 
 def close_vector_env(envs, failed=False):

@@ -4,9 +4,9 @@
     python -m rl.evaluate runs/... checkpoint=best episodes=20 deterministic=false seed=7
     python -m rl.evaluate runs/... video=true video_episodes=2       # MP4s in <run dir>/videos/
 
-Prints the mean +/- std return and length and writes <run dir>/eval.json. Without `seed` the episodes
-are the ones training's evaluations used (seed + 10000 + i), so `checkpoint=latest` of a finished run
-reproduces its summary.json.
+Prints the mean +/- std return and length and writes <run dir>/eval.json. Without `seed` and `episodes` it
+plays the episodes training's evaluations played (seeds seed + 10000 + i, the run's eval_episodes of them; 10
+for a run that did not evaluate), so `checkpoint=latest` of a finished run reproduces its summary.json.
 """
 
 import itertools
@@ -22,7 +22,7 @@ from rl.envs import check_env_id, make_vector_env, quiet_version_warnings
 # starts, and none of them is a training sub-env's.
 EVAL_SEED_OFFSET = 10_000
 OPTIONS = {  # key -> (default, check, what it must be)
-    "episodes": (10, lambda v: _integer(v) and v >= 1, "a positive integer"),
+    "episodes": (None, lambda v: v is None or (_integer(v) and v >= 1), "a positive integer"),  # None: the run's
     "checkpoint": ("latest", lambda v: v in ("latest", "best") or (_integer(v) and v >= 0),
                    "latest, best or a global step"),
     "deterministic": (True, lambda v: isinstance(v, bool), "true or false"),
@@ -195,6 +195,8 @@ def run(run_dir, options):
         raise EvaluateError(f"{run_dir}: its env {env_id} cannot be made here ({error}); a module:EnvId env "
                             "needs its module on PYTHONPATH or in the current directory") from None
     seed = options["seed"] if options["seed"] is not None else config.seed + EVAL_SEED_OFFSET
+    if options["episodes"] is None:  # as many as training's evaluations played
+        options = {**options, "episodes": config.eval_episodes if config.get("eval_episodes", 0) > 0 else 10}
     wrappers, video_folder = (), None
     if options["video"]:
         _render_check(env_id, env_kwargs, "mujoco" in str(gym.spec(env_id.rpartition(":")[2]).entry_point))

@@ -146,6 +146,18 @@ class TrainedPolicy:
             action = np.clip(action, self.action_space.low, self.action_space.high)
         return action, state
 
+    def make_env(self, **env_kwargs):
+        """A gymnasium env whose observations `act` takes: the run's env id and kwargs (`env_kwargs` added or
+        overriding, e.g. render_mode="rgb_array"), wrapped as its evaluations were (Atari's preprocessing on
+        whole games, MiniGrid's ImgObsWrapper, any env.wrappers)."""
+        from omegaconf import OmegaConf
+
+        from rl.envs import make_env
+
+        env = self.config.env
+        kwargs = {**OmegaConf.to_container(env.kwargs), **env_kwargs}
+        return make_env(env.id, env.get("preprocessing", "none"), list(env.get("wrappers", [])), **kwargs)
+
     def initial_state(self, batch=None):
         """The zero state of the actor's core where an episode begins: (S,), or (batch, S)."""
         zeros = self.agent.initial_state(1 if batch is None else batch)[0].numpy()

@@ -20,8 +20,8 @@ config plus the trial's values and a seed the study draws for it (recorded as th
 Its evaluation points are reported to Optuna as they are printed, so the pruner can stop it (SIGINT: it
 ends with a checkpoint). A trial whose tuner was killed stops with it and is marked failed once its heartbeat
 is stale, then tried again; only finished trials (complete or pruned) count. Out, in the study's folder:
-best.yaml (the form of configs/tuned/<algo>_<env>.yaml, ready to copy), trials.csv, confirm.csv with
-confirm_seeds, and optuna's plots (with matplotlib). Refusals (an unknown key in the space, an impossible
+best.yaml (a whole configs/tuned/<algo>_<env>.yaml: the shipped one with the best trial's values over it),
+trials.csv, confirm.csv with confirm_seeds, and optuna's plots (with matplotlib). Refusals (an unknown key in the space, an impossible
 range, a study of this name with another space, an unreachable storage) are one line, exit 2.
 """
 
@@ -252,18 +252,31 @@ def nested(values):
     return tree
 
 
+def merged(base, values):
+    """`values` (nested dicts) written over a copy of `base`, key by key."""
+    tree = dict(base)
+    for key, value in values.items():
+        tree[key] = merged(tree[key], value) if isinstance(value, dict) and isinstance(tree.get(key), dict) else value
+    return tree
+
+
 def write_best(study_dir, algo, env_name, trial, overrides, how, confirm_seeds):
-    """best.yaml in the form of configs/tuned/<algo>_<env>.yaml: the trial's values, and how to reproduce the trial
-    (with the overrides it ran with) and its confirmation runs (with this call's)."""
+    """best.yaml in the form of configs/tuned/<algo>_<env>.yaml: the shipped file's keys (which every trial ran
+    on) with the trial's values over them, and how to reproduce the trial (with the overrides it ran with) and
+    its confirmation runs (with this call's)."""
     seed = trial.user_attrs["seed"]
     ran_with = trial.user_attrs.get("overrides", overrides)  # studies before the attribute: this call's
+    name = f"{algo}_{env_name}"
+    shipped = REPO / "configs" / "tuned" / f"{name}.yaml"
+    base = (yaml.safe_load(shipped.read_text()) or {}) if shipped.exists() else {}
     header = (f"# @package _global_\n# {algo} on {env_name}: tuned by python -m rl.tune ({how}), trial "
-              f"{trial.number}, objective {trial.value:.6g}, seed {seed}.\n# Copy to configs/tuned/{algo}_{env_name}"
-              f".yaml. The trial again: python -m rl.train {' '.join(trial_overrides(ran_with, trial.params, seed))}\n")
+              f"{trial.number}, objective {trial.value:.6g}, seed {seed}.\n# Use it as configs/tuned/{name}.yaml, or "
+              f"from a folder of your own: python -m rl.train --config-dir <dir> tuned=<name> (<dir>/tuned/<name>.yaml"
+              f").\n# The trial again: python -m rl.train {' '.join(trial_overrides(ran_with, trial.params, seed))}\n")
     if confirm_seeds:
         header += (f"# Its confirmation, on each of seeds {confirm_seeds}: python -m rl.train "
                    f"{' '.join(trial_overrides(overrides, trial.params, '<seed>'))}\n")
-    (study_dir / "best.yaml").write_text(header + yaml.safe_dump(nested(trial.params), sort_keys=False))
+    (study_dir / "best.yaml").write_text(header + yaml.safe_dump(merged(base, nested(trial.params)), sort_keys=False))
 
 
 def write_trials(study_dir, study):

@@ -66,7 +66,8 @@ def greedy_returns(run_dir, env_id, seeds):
 
 def test_latest_checkpoint_reproduces_the_runs_final_evaluation(cartpole_run):
     summary = json.loads((cartpole_run / "summary.json").read_text())
-    stdout, record = evaluate_cli(cartpole_run, "episodes=4")
+    stdout, record = evaluate_cli(cartpole_run)  # no `episodes`: the run's eval_episodes (4), not 10
+    assert record["episodes"] == 4
     # The seeds training's evaluations use (seed + 10000 + i), played by a loop that shares no code with either.
     assert record["returns"] == greedy_returns(cartpole_run, "CartPole-v1", [summary["seed"] + 10_000 + i
                                                                             for i in range(4)])

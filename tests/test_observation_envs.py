@@ -197,3 +197,25 @@ def test_a_family_without_its_package_says_what_to_install(monkeypatch):
     monkeypatch.delitem(gym.registry, "MinAtar/Freeway-v1", raising=False)
     with pytest.raises(ValueError, match=r'needs the minatar package: pip install -e "\.\[minatar\]"'):
         check_env_id("MinAtar/Freeway-v1")
+
+
+def test_the_loaded_policy_makes_the_env_it_acts_in_wrapped_as_evaluation_wraps_it(runs):
+    from rl.envs import make_vector_env
+
+    policy = rl.load(runs["atari"])
+    env = policy.make_env()
+    try:
+        obs, _ = env.reset(seed=7)
+        assert obs.shape == policy.observation_space.shape == (4, 84, 84)
+        for _ in range(5):
+            obs = env.step(policy.act(obs))[0]
+    finally:
+        env.close()
+    config = policy.config.env
+    evaluation = make_vector_env(config.id, 1, preprocessing="atari", training=False, **config.kwargs)
+    env = policy.make_env()
+    try:  # the same first frames as the evaluator's env for the same seed
+        assert np.array_equal(evaluation.reset(seed=7)[0][0], env.reset(seed=7)[0])
+    finally:
+        evaluation.close()
+        env.close()

@@ -121,11 +121,18 @@ def test_a_study_runs_reports_and_its_best_yaml_reproduces_the_trial_bit_for_bit
     best_text = (study_dir / "best.yaml").read_text()
     assert best_text.startswith("# @package _global_\n")
     best = yaml.safe_load(best_text)
+    shipped = yaml.safe_load((REPO / "configs" / "tuned" / "ppo_CartPole-v1.yaml").read_text())
+    # A whole recipe: the shipped file's keys the search left alone are kept (the budget, the envs, ...).
+    assert best["env"] == shipped["env"] and best["total_timesteps"] == shipped["total_timesteps"]
+    assert best["algo"]["clip_value_loss"] == shipped["algo"]["clip_value_loss"]  # not in the search space
     number = int(best_text.split(", trial ")[1].split(",")[0])
     seed = next(r["seed"] for r in rows if int(r["number"]) == number)
-    values = [f"algo.{key}={value}" for key, value in best["algo"].items()]
+    (tmp_path / "mine" / "tuned").mkdir(parents=True)
+    (tmp_path / "mine" / "tuned" / "best.yaml").write_text(best_text)  # in place of the shipped file
     again = tmp_path / "again"
-    results.train(again, *TRIAL, *values, f"seed={seed}", cwd=REPO, timeout=1200)
+    # Hydra's options come before the overrides.
+    results.train(again, f"--config-dir={tmp_path / 'mine'}", *TRIAL, "tuned=best", f"seed={seed}", cwd=REPO,
+                  timeout=1200)
     assert results.scalars(again) == results.scalars(study_dir / f"trial_{number}")
 
 
@@ -190,6 +197,7 @@ def test_a_finished_study_confirms_its_best_on_held_out_seeds_at_the_budget_of_t
     best_text = (study_dir / "best.yaml").read_text()
     named = int(best_text.split(", trial ")[1].split(",")[0])
     assert dict((t, m) for m, t in means)[named] == max(means)[0] and "held-out seeds [101, 102]" in best_text
-    trial_again, confirmation = [line for line in best_text.splitlines() if "python -m rl.train" in line]
+    trial_again, confirmation = [line for line in best_text.splitlines()
+                                 if line.startswith(("# The trial again:", "# Its confirmation"))]
     assert "total_timesteps=2048" in trial_again and "total_timesteps=4096" not in trial_again  # as it ran
     assert "total_timesteps=4096" in confirmation and "study c: 2 trials" in done.stdout
