@@ -149,7 +149,8 @@ class TrainedPolicy:
     def make_env(self, **env_kwargs):
         """A gymnasium env whose observations `act` takes: the run's env id and kwargs (`env_kwargs` added or
         overriding, e.g. render_mode="rgb_array"), wrapped as its evaluations were (Atari's preprocessing on
-        whole games, MiniGrid's ImgObsWrapper, any env.wrappers)."""
+        whole games, MiniGrid's ImgObsWrapper, any env.wrappers), made through gymnasium whatever the run's
+        env.backend."""
         from omegaconf import OmegaConf
 
         from rl.envs import make_env

@@ -21,8 +21,9 @@ Its evaluation points are reported to Optuna as they are printed, so the pruner 
 ends with a checkpoint). A trial whose tuner was killed stops with it and is marked failed once its heartbeat
 is stale, then tried again; only finished trials (complete or pruned) count. Out, in the study's folder:
 best.yaml (a whole configs/tuned/<algo>_<env>.yaml: the shipped one with the best trial's values over it),
-trials.csv, confirm.csv with confirm_seeds, and optuna's plots (with matplotlib). Refusals (an unknown key in the space, an impossible
-range, a study of this name with another space, an unreachable storage) are one line, exit 2.
+trials.csv, confirm.csv with confirm_seeds, and optuna's plots (with matplotlib). Refusals (an unknown key in
+the space, an impossible range, a study of this name with another space, an unreachable storage) are one
+line, exit 2.
 """
 
 import csv
