@@ -16,6 +16,7 @@ from torch.func import functional_call, jvp, vjp
 from torch.nn.utils import parameters_to_vector
 
 from rl.networks import activation_derivative, plain_mlp
+from rl.optim import flatten
 
 
 def analytic_fisher_vector_product(actor, obs, *memory):
@@ -136,10 +137,10 @@ def hessian_fisher_vector_product(actor, obs, *memory):
     with torch.no_grad():
         old_params = tuple(p.clone() for p in actor(obs, *memory))  # no views of parameters
     kl = actor.kl(old_params, actor(obs, *memory)).mean()
-    grad = parameters_to_vector(torch.autograd.grad(kl, params, create_graph=True))
+    grad = flatten(torch.autograd.grad(kl, params, create_graph=True))
 
     def product(vector):
-        return parameters_to_vector(torch.autograd.grad(grad @ vector, params, retain_graph=True))
+        return flatten(torch.autograd.grad(grad @ vector, params, retain_graph=True))
 
     return product
 

@@ -11,6 +11,12 @@ import torch
 from rl import distributed
 
 
+def flatten(tensors):
+    """One flat vector of `tensors` in their logical order, whatever their memory layout (a conv weight's
+    gradient may be channels-last, which parameters_to_vector's views refuse)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
 def clip_grad_norm(grads, max_norm):
     """Scale `grads` in place by min(1, max_norm / (||grads|| + 1e-6)), the norm over all of them together (as
     torch.nn.utils.clip_grad_norm_ with foreach=True on tensors of one device and dtype). Returns the norm."""

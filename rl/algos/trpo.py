@@ -12,7 +12,7 @@ from torch.nn.utils import parameters_to_vector
 from rl import distributed
 from rl.cg import conjugate_gradient
 from rl.fisher import FISHER_VECTOR_PRODUCTS
-from rl.optim import gradient_step
+from rl.optim import flatten, gradient_step
 from rl.rollout import explained_variance, minibatch_indices
 
 
@@ -104,7 +104,7 @@ def policy_step(actor, batch, cfg, generator=None):
     old_log_probs = actor.log_prob(*old_dist, actions)
     entropy = distributed.all_reduce_mean(actor.entropy(*old_dist).mean().detach())
     objective = surrogate(actor, dist, actions, old_log_probs, advantages)
-    gradient = distributed.all_reduce_mean(parameters_to_vector(torch.autograd.grad(objective, params)))
+    gradient = distributed.all_reduce_mean(flatten(torch.autograd.grad(objective, params)))
     direction, fisher_product, residual, iterations = natural_direction(actor, obs, gradient, cfg, generator, memory)
     old_flat = parameters_to_vector(params).detach()
     old_log_std = actor.log_std.detach().clone() if hasattr(actor, "log_std") else None
