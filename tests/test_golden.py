@@ -2,10 +2,11 @@
 reviewed commit logged, and end with the same weights (a digest). A refactor that is meant to change nothing
 numerically passes; one that moves an algorithm by a rounding error fails, naming the first tag that moved.
 
-The traces hold the numerical stack they were made with (torch, numpy, gymnasium, mujoco). On that stack the
-check is bit for bit (every scalar, and a SHA-256 of the final weights); on another it is within a relative
+The traces hold the numerical stack they were made with (torch, numpy, gymnasium, mujoco, and the CPU
+instructions torch's kernels dispatch to: AVX2 and AVX-512 sum in other orders). On that stack the check is bit
+for bit (every scalar, and a SHA-256 of the final weights); on another it is within a relative
 OTHER_STACK_TOLERANCE (every scalar, and each weight tensor's norm), since other kernels or physics round
-differently. After a change that is meant to move the numbers, look at what moved, then write them again and
+differently, and a few tags that are rounding noise by construction are held to an absolute ROUNDING_LEVEL. After a change that is meant to move the numbers, look at what moved, then write them again and
 commit them with the change:
 
     python -m tests.test_golden --write
@@ -26,6 +27,13 @@ from rl import results
 
 REPO = Path(__file__).resolve().parent.parent
 OTHER_STACK_TOLERANCE = 1e-3
+# On another stack, these differ by more than OTHER_STACK_TOLERANCE relative and mean nothing by it: TRPO's and
+# NPG's policy loss is the surrogate at theta_old, zero but for float32 rounding (~1e-8 here); CG's residuals
+# after its last iteration are at the rounding floor of the Fisher products (1e-11 on CartPole, 4e-5 on Hopper,
+# where another CPU moved them by 1e-6), so where CG stops on its residual tolerance (CartPole) it may stop
+# one iteration sooner or later.
+ROUNDING_LEVEL = {"losses/policy_loss": 1e-6, "trpo/cg_residual": 1e-5, "trpo/cg_relative_residual": 1e-5,
+                  "trpo/cg_iterations": 1}
 TRACES = Path(__file__).resolve().parent / "golden"
 # Three iterations each (two on Hopper), evaluated at the end, with the shipped configs otherwise.
 CASES = {
@@ -42,7 +50,8 @@ def stack():
     """The versions whose arithmetic a trace depends on."""
     from importlib.metadata import version
 
-    return {name: version(name) for name in ("torch", "numpy", "gymnasium", "mujoco")}
+    versions = {name: version(name) for name in ("torch", "numpy", "gymnasium", "mujoco")}
+    return {**versions, "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
 def final_weights(run_dir):
@@ -83,16 +92,16 @@ def test_run_logs_its_golden_trace_and_ends_with_the_same_weights(name, tmp_path
              f"{'bit for bit' if pinned else f'within {OTHER_STACK_TOLERANCE:g}'}; after an intended change: "
              "python -m tests.test_golden --write)")
 
-    def same(value, golden_value):
+    def same(value, golden_value, tag=None):
         if math.isnan(value) or math.isnan(golden_value):
             return math.isnan(value) and math.isnan(golden_value)
-        return value == golden_value if pinned else value == pytest.approx(golden_value, rel=OTHER_STACK_TOLERANCE,
-                                                                             abs=1e-9)
+        return value == golden_value if pinned else value == pytest.approx(
+            golden_value, rel=OTHER_STACK_TOLERANCE, abs=ROUNDING_LEVEL.get(tag, 1e-9))
 
     assert sorted(now["scalars"]) == sorted(golden["scalars"]), f"{name}: other tags were logged {where}"
     for tag in sorted(golden["scalars"]):
         for (step, value), (golden_step, golden_value) in zip(now["scalars"][tag], golden["scalars"][tag]):
-            assert step == golden_step and same(value, golden_value), \
+            assert step == golden_step and same(value, golden_value, tag), \
                 f"{name}: {tag} at step {golden_step} is {value!r}, the trace has {golden_value!r} {where}"
         assert len(now["scalars"][tag]) == len(golden["scalars"][tag]), f"{name}: {tag} logged other steps {where}"
     if pinned:
