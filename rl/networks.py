@@ -68,6 +68,18 @@ def cnn_output_side(side, kernels, strides):
     return side
 
 
+# The smallest image side whose convolutions run on channels-last inputs. On the CPU, oneDNN's channels-last
+# convolutions train Atari's CNN (84x84) 1.3-1.4x faster than on NCHW and MinAtar's (10x10) and MiniGrid's (7x7)
+# 0.8-0.86x as fast (scripts/benchmark_cnn.py, 1 thread, AVX-512). Conv weights' gradients may then come out
+# channels-last, so gradients are flattened with rl.optim.flatten, never parameters_to_vector's views.
+CHANNELS_LAST_MIN_SIDE = 32
+
+
+def conv_memory_format(image_shape):
+    """The memory layout of a (C, H, W) image's CNN input: channels-last for large images, else NCHW."""
+    return torch.channels_last if min(image_shape[1:]) >= CHANNELS_LAST_MIN_SIDE else torch.contiguous_format
+
+
 class Encoder(nn.Module):
     """Features of a packed observation: each image piece through its own CNN (scaled, permuted to CHW), the
     vector and one-hot pieces as they are, concatenated in layout order; the mask piece is skipped
@@ -77,22 +89,21 @@ class Encoder(nn.Module):
         super().__init__()
         self.images = [(p.offset, p.size, p.image_shape, p.channels_last, p.scale) for p in layout.of_kind("image")]
         self.cnns = nn.ModuleList(cnn(shape, **cnn_options) for _, _, shape, _, _ in self.images)
+        self.memory_formats = [conv_memory_format(shape) for _, _, shape, _, _ in self.images]
         self.flat_slices = [(p.offset, p.offset + p.size) for p in layout.pieces if p.kind in ("vector", "onehot")]
         self.out_dim = (len(self.images) * (cnn_options["features"] if self.images else 0)
                         + sum(end - start for start, end in self.flat_slices))
 
     def forward(self, obs):
         parts = []
-        for (offset, size, (channels, height, width), channels_last, scale), net in zip(self.images, self.cnns):
+        images = zip(self.images, self.memory_formats, self.cnns)
+        for (offset, size, (channels, height, width), channels_last, scale), memory_format, net in images:
             pixels = obs[:, offset:offset + size]
-            # Channels-last in memory either way: oneDNN's convolutions run about 1.5x faster on it on the
-            # CPU (forward and backward). The weights' gradients may then come out channels-last too, so
-            # gradients are flattened with rl.optim.flatten, never parameters_to_vector's views.
             if channels_last:
                 pixels = pixels.reshape(-1, height, width, channels).permute(0, 3, 1, 2)
             else:
-                pixels = pixels.reshape(-1, channels, height, width).contiguous(memory_format=torch.channels_last)
-            parts.append(net(pixels * scale))
+                pixels = pixels.reshape(-1, channels, height, width)
+            parts.append(net(pixels.contiguous(memory_format=memory_format) * scale))
         parts += [obs[:, start:end] for start, end in self.flat_slices]
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 

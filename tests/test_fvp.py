@@ -11,6 +11,7 @@ from torch.func import functional_call
 from torch.nn.utils import parameters_to_vector
 
 from rl.fisher import FISHER_VECTOR_PRODUCTS, _is_plain_mlp_actor
+from rl.networks import Encoder
 from rl.policy import Agent
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (5,))
@@ -122,6 +123,9 @@ SMALL_CNN = {"channels": (3,), "kernels": (3,), "strides": (1,), "features": 6}
 ENCODED = {
     "cnn": (gym.spaces.Box(0, 255, (6, 5, 2), np.uint8), gym.spaces.Discrete(3)),
     "cnn_multi_categorical": (gym.spaces.Box(0, 255, (6, 5, 2), np.uint8), gym.spaces.MultiDiscrete([3, 2])),
+    # The channels-last input large images get (rl.networks.conv_memory_format), forced on the small image: the
+    # conv weights' gradients then come out channels-last, through both FVP paths.
+    "cnn_channels_last": (gym.spaces.Box(0, 255, (6, 5, 2), np.uint8), gym.spaces.Discrete(3)),
     "dict": (gym.spaces.Dict({"grid": gym.spaces.Box(0, 255, (2, 5, 5), np.uint8),
                               "position": gym.spaces.Box(-1.0, 1.0, (2,)), "direction": gym.spaces.Discrete(3)}),
              gym.spaces.Box(-1.0, 1.0, (2,))),
@@ -142,6 +146,9 @@ def encoded_actor(name, seed=0):
     torch.manual_seed(seed)
     agent = Agent(observation_space, action_space, actor_hidden_sizes=(6,), critic_hidden_sizes=(4,),
                   init_log_std=-0.4, cnn=SMALL_CNN).double()
+    if name == "cnn_channels_last":
+        for encoder in (m for m in agent.modules() if isinstance(m, Encoder)):
+            encoder.memory_formats = [torch.channels_last] * len(encoder.memory_formats)
     with torch.no_grad():
         for p in agent.actor.parameters():
             p.add_(0.3 * torch.randn_like(p))

@@ -84,12 +84,14 @@ def test_what_is_not_an_image_stays_a_vector_unless_declared():
     assert ObservationLayout(gym.spaces.Box(0, 255, (7, 7, 3), np.uint8), image_keys=[]).pieces[0].kind == "vector"
 
 
-def test_the_encoder_reads_channels_last_images_as_the_cnn_would_read_them_transposed():
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_encoder_reads_channels_last_images_as_the_cnn_would_read_them_transposed(memory_format):
     space = gym.spaces.Dict({"grid": gym.spaces.Box(0, 255, (6, 5, 2), np.uint8),
                              "position": gym.spaces.Box(-1.0, 1.0, (3,), np.float32)})
     layout = ObservationLayout(space)
     torch.manual_seed(0)
     encoder = Encoder(layout, SMALL_CNN).double()
+    encoder.memory_formats = [memory_format]  # the input layout changes the speed of the convs, not what they compute
     observations = samples(space, 7, seed=2)
     features = encoder(torch.from_numpy(layout.pack(layout.stack(observations))).double())
     # Independently: numpy's transpose to (C, H, W), the division by 255, then the same conv weights.
@@ -98,6 +100,13 @@ def test_the_encoder_reads_channels_last_images_as_the_cnn_would_read_them_trans
     positions = torch.from_numpy(np.stack([o["position"] for o in observations]).astype(np.float64))
     assert torch.allclose(features, torch.cat([image_features, positions], -1), rtol=0, atol=1e-12)
     assert features.shape[1] == encoder.out_dim == SMALL_CNN["features"] + 3
+
+
+def test_atari_frames_run_their_convs_channels_last_and_small_images_nchw():
+    frames = Encoder(ObservationLayout(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)), CNN_DEFAULTS)
+    minatar = Encoder(ObservationLayout(gym.spaces.Box(0, 1, (10, 10, 4), bool)), SMALL_CNN)
+    assert frames.memory_formats == [torch.channels_last]
+    assert minatar.memory_formats == [torch.contiguous_format]
 
 
 def test_the_default_cnn_is_nature_cnn():
