@@ -23,7 +23,8 @@ time is the run's (`summary.json`: set-up and the final checkpoint included, eva
 An env of a family config is named `<family>:<id>`, e.g. `--envs atari:ALE/Pong-v5` (configs/env/atari.yaml
 and configs/tuned/ppo_atari.yaml; EnvPool's Atari with `--backends envpool`). SB3's side is then its own Atari
 stack (make_atari_env: AtariWrapper, VecFrameStack 4) with CnnPolicy, the same hyperparameters, and its
-default of one CNN shared by actor and critic (ours are separate: twice the CNN work per update).
+default of one CNN shared by actor and critic (as the shipped Atari recipe's algo.share_encoder=true; with
+`--ours algo.share_encoder=false` ours are separate: twice the CNN work per update).
 
 Memory: our PPO rows with `--ours algo.memory=lstm` (or gru) are compared with `sb3-recurrent-ppo`,
 sb3-contrib's RecurrentPPO (MlpLstmPolicy, lstm_hidden_size = our memory_size). `--overrides` sets keys for
