@@ -3,11 +3,12 @@ reviewed commit logged, and end with the same weights (a digest). A refactor tha
 numerically passes; one that moves an algorithm by a rounding error fails, naming the first tag that moved.
 
 The traces hold the numerical stack they were made with (torch, numpy, gymnasium, mujoco, and the CPU
-instructions torch's kernels dispatch to: AVX2 and AVX-512 sum in other orders). On that stack the check is bit
-for bit (every scalar, and a SHA-256 of the final weights); on another it is within a relative
+instructions torch's kernels dispatch to: AVX2 and AVX-512 sum in other orders). On that stack the check is
+bit for bit (every scalar, and a SHA-256 of the final weights); on another it is within a relative
 OTHER_STACK_TOLERANCE (every scalar, and each weight tensor's norm), since other kernels or physics round
-differently, and a few tags that are rounding noise by construction are held to an absolute ROUNDING_LEVEL. After a change that is meant to move the numbers, look at what moved, then write them again and
-commit them with the change:
+differently, with the few tags that are rounding noise by construction held to an absolute ROUNDING_LEVEL.
+After a change that is meant to move the numbers, look at what moved, then write them again and commit them
+with the change:
 
     python -m tests.test_golden --write
 """
