@@ -69,9 +69,10 @@ def cnn_output_side(side, kernels, strides):
 
 
 # The smallest image side whose convolutions run on channels-last inputs. On the CPU, oneDNN's channels-last
-# convolutions train Atari's CNN (84x84) 1.3-1.44x faster than on NCHW, and MinAtar's (10x10) and MiniGrid's
-# (7x7) only 0.52-0.88x as fast (scripts/benchmark_cnn.py, 1 thread, AVX-512). Conv weights' gradients may then come out
-# channels-last, so gradients are flattened with rl.optim.flatten, never parameters_to_vector's views.
+# convolutions train Atari's CNN (84x84) 1.3-1.44x faster than on NCHW, and MinAtar's (10x10) and
+# MiniGrid's (7x7) only 0.52-0.88x as fast (scripts/benchmark_cnn.py, 1 thread, AVX-512). Conv weights'
+# gradients may then come out channels-last, so gradients are flattened with rl.optim.flatten, never
+# parameters_to_vector's views.
 CHANNELS_LAST_MIN_SIDE = 32
 
 
