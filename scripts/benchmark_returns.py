@@ -181,6 +181,9 @@ def main(argv=None):
                 failures += 1
                 print(f"FAIL  {where}: exit {process.returncode}, see {log.name}", flush=True)
                 continue
+            if not (run_dir / "summary.json").exists():  # stopped at a checkpoint (a signal): not finished
+                print(f"stop  {where}: stopped at its checkpoint; run this again to resume it", flush=True)
+                continue
             summary = collect_result(job, run_dir, result_dir, cmd, resumed)
             print(f"done  {where}: final eval {summary['eval_return_mean']:.1f}, last-5 eval "
                   f"{summary['eval_return_last5_mean']:.1f}, {summary['wall_seconds']:.0f}s", flush=True)

@@ -107,6 +107,15 @@ def test_a_run_stopped_midway_is_resumed(tmp_path):
     assert len(read_rows(out / "CartPole-v1" / "ppo-half" / "seed3" / "curve.csv")) == 8
 
 
+def test_a_run_stopped_under_the_runner_is_reported_and_left_to_resume(tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    log = run_runner("--envs", "CartPole-v1", "--algos", "ppo", "--seeds", "4", "--out", str(out),
+                     "--runs-dir", str(runs), *OVERRIDES, "stop_after_steps=1024")
+    assert "stop  CartPole-v1/ppo/seed4: stopped at its checkpoint" in log
+    assert not (out / "CartPole-v1" / "ppo" / "seed4").exists()
+    assert (runs / "CartPole-v1" / "ppo" / "seed4" / "checkpoints" / "latest").exists()
+
+
 def test_matrix_file_orders_jobs_seed_first(tmp_path):
     jobs = scripts_path.script("benchmark_returns").jobs_from_matrix({"seeds": [1, 2], "cells": [
         {"env": "A", "algo": "trpo", "name": "x", "overrides": ["algo.max_kl=0.03"]},
