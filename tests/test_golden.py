@@ -52,7 +52,21 @@ def stack():
     from importlib.metadata import version
 
     versions = {name: version(name) for name in ("torch", "numpy", "gymnasium", "mujoco")}
-    return {**versions, "cpu": torch.backends.cpu.get_cpu_capability()}
+    # The vendor too: the same instruction set on an Intel and an AMD core takes other kernels (oneDNN's, MKL's),
+    # which round differently.
+    return {**versions, "cpu": f"{torch.backends.cpu.get_cpu_capability()} {cpu_model()}"}
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 def final_weights(run_dir):
