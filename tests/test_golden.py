@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import math
+import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -52,8 +53,8 @@ def stack():
     from importlib.metadata import version
 
     versions = {name: version(name) for name in ("torch", "numpy", "gymnasium", "mujoco")}
-    # The vendor too: the same instruction set on an Intel and an AMD core takes other kernels (oneDNN's, MKL's),
-    # which round differently.
+    # The CPU model too: with the same instruction set, another model rounded differently (an AMD EPYC against
+    # the AVX512 machine that first wrote the traces).
     return {**versions, "cpu": f"{torch.backends.cpu.get_cpu_capability()} {cpu_model()}"}
 
 
@@ -64,8 +65,6 @@ def cpu_model():
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
-
     return platform.processor() or "unknown"
 
 
